@@ -36,7 +36,8 @@ from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core import checks
 from django.core.management.base import CommandError
-from django.db import DatabaseError, connections, models, router
+from django.db import OperationalError, connections, models, router
+from django.db.models.expressions import RawSQL
 from django.dispatch import Signal
 from django.utils.dateparse import parse_datetime
 
@@ -239,17 +240,17 @@ _NOW = {
     "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')",
     "mysql": "UTC_TIMESTAMP(6)",
 }
-_AGE = {
-    "postgresql": "EXTRACT(EPOCH FROM statement_timestamp() - heartbeat_at)",
-    "sqlite": "(julianday('now') - julianday(heartbeat_at)) * 86400.0",
-    "mysql": "TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1000000.0",
+_AGE = {  # seconds since {column}
+    "postgresql": "EXTRACT(EPOCH FROM statement_timestamp() - {column})",
+    "sqlite": "(julianday('now') - julianday({column})) * 86400.0",
+    "mysql": "TIMESTAMPDIFF(MICROSECOND, {column}, UTC_TIMESTAMP(6)) / 1000000.0",
 }
 _COLUMNS = "(name, locked_at, heartbeat_at, owner, token) VALUES (%s, {now}, {now}, %s, %s)"
 _HOLDER = "id, owner, locked_at, heartbeat_at, {age}"
 
 
 def _sql(template, vendor):
-    return template.format(now=_NOW[vendor], age=_AGE[vendor])
+    return template.format(now=_NOW[vendor], age=_AGE[vendor].format(column="heartbeat_at"))
 
 
 # PostgreSQL: one statement inserts, or else reports the holder. The SELECT reads
@@ -274,6 +275,10 @@ _INSERT_IF_FREE = {
 }
 _SELECT_HOLDER = {
     vendor: _sql("SELECT " + _HOLDER + " FROM marathon_lock WHERE name = %s", vendor)
+    for vendor in _NOW
+}
+_SELECT_STALE = {
+    vendor: _sql("SELECT name, id, heartbeat_at FROM marathon_lock WHERE {age} > %s ORDER BY name", vendor)
     for vendor in _NOW
 }
 # Takeover deletes the stale row only if its heartbeat is still the stale one we read.
@@ -595,9 +600,10 @@ class Marathon:
             fence = self._try(alias, vendor, owner, token, stale_after)
             if fence is not None:
                 break
-            if time.monotonic() + pause > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            _sleep(pause)
+            _sleep(min(pause, remaining))
         self._hold = hold = _Hold(self, alias, fence, token, owner, heartbeat, stale_after)
         _Heartbeat.register(hold)
         logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, fence, owner)
@@ -606,6 +612,17 @@ class Marathon:
 
     def _try(self, alias, vendor, owner, token, stale_after):
         """One round: insert, or take over a stale holder and insert. Returns the fence or None."""
+        try:
+            return self._try_once(alias, vendor, owner, token, stale_after)
+        except OperationalError as exc:
+            if vendor != "sqlite" or "locked" not in str(exc):
+                raise
+            # SQLite has one writer at a time; its busy timeout ran out. Like a
+            # held lock, that is retried until `wait` runs out.
+            self._holder = None
+            return None
+
+    def _try_once(self, alias, vendor, owner, token, stale_after):
         with _autocommit_cursor(alias) as cursor:
             for _ in range(3):  # a holder that leaves, or a takeover, earns a retry
                 fence, holder = _attempt(cursor, vendor, self.name, owner, token)
@@ -728,9 +745,12 @@ class SingleRunnerCommand:
             return None
         try:
             with _exit_on_signals():
-                return super().execute(*args, **options)
-        finally:
-            lock.__exit__(*sys.exc_info())
+                result = super().execute(*args, **options)
+        except BaseException:
+            lock.__exit__(*sys.exc_info())  # releases; the exception goes on
+            raise
+        lock.__exit__(None, None, None)  # releases, or raises LockLost
+        return result
 
     def handle(self, *args, **options):
         """0.1's style: commands that define run_task() instead of handle()."""
@@ -774,6 +794,125 @@ class SingleRunner:
         _model().objects.filter(name=self.lock_name).delete()
 
 
+# ---- Operating: states, the admin and the shell tool ----
+
+
+def _with_state(queryset, vendor):
+    """Annotate each lock with its heartbeat's and its own age in seconds, by the database's clock."""
+    return queryset.annotate(
+        heartbeat_age=RawSQL(_AGE[vendor].format(column="heartbeat_at"), []),
+        held_for=RawSQL(_AGE[vendor].format(column="locked_at"), []),
+    )
+
+
+def _state(lock, stale_after):
+    if lock.heartbeat_age is None:
+        return "manual"
+    return "stale" if lock.heartbeat_age > stale_after else "running"
+
+
+def _release_stale(alias, stale_after):
+    """Delete every stale lock, each only if its heartbeat did not move meanwhile. Returns their names."""
+    released = []
+    with _autocommit_cursor(alias) as cursor:
+        cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
+        for name, stale_id, heartbeat_at in cursor.fetchall():
+            cursor.execute(_DELETE_STALE, [stale_id, heartbeat_at])
+            if cursor.rowcount == 1:
+                released.append(name)
+    return released
+
+
+def _register_admin(site):
+    from django.contrib import admin
+
+    class StateFilter(admin.SimpleListFilter):
+        title = "state"
+        parameter_name = "state"
+
+        def lookups(self, request, model_admin):
+            return [("running", "running"), ("stale", "stale"), ("manual", "manual (no heartbeat)")]
+
+        def queryset(self, request, queryset):
+            stale_after = _setting("MARATHON_STALE_AFTER")
+            return {
+                "running": lambda: queryset.filter(heartbeat_age__lte=stale_after),
+                "stale": lambda: queryset.filter(heartbeat_age__gt=stale_after),
+                "manual": lambda: queryset.filter(heartbeat_at__isnull=True),
+            }.get(self.value(), lambda: queryset)()
+
+    class LockAdmin(admin.ModelAdmin):
+        list_display = ("name", "state", "owner", "locked_at", "heartbeat_at")
+        list_filter = (StateFilter,)
+        search_fields = ("name", "owner")
+        readonly_fields = ("locked_at", "heartbeat_at", "owner")
+        actions = ["release_locks"]
+
+        def get_queryset(self, request):
+            queryset = super().get_queryset(request)
+            return _with_state(queryset, connections[queryset.db].vendor)
+
+        def state(self, lock):
+            return _state(lock, _setting("MARATHON_STALE_AFTER"))
+
+        def release_locks(self, request, queryset):
+            names = sorted(lock.name for lock in queryset)
+            queryset.delete()
+            logger.warning("%s released the lock(s) %s in the admin.", request.user, ", ".join(map(repr, names)))
+            self.message_user(request, "Released %d lock(s): %s." % (len(names), ", ".join(names)))
+
+        release_locks.short_description = "Release selected locks"
+        release_locks.allowed_permissions = ("delete",)
+
+    site.register(_model(), LockAdmin)
+
+
+_USAGE = """\
+python -m marathon [--database ALIAS] list
+python -m marathon [--database ALIAS] release NAME [NAME ...]
+python -m marathon [--database ALIAS] release --stale
+
+Lists the locks (name, state, owner, held for, last heartbeat) or releases
+some. Needs DJANGO_SETTINGS_MODULE, as django-admin does. Exit status: 0 if
+something was listed or released, 1 if nothing was, 2 on bad usage."""
+
+
+def _main(argv):
+    """The shell tool: list locks, release them by name or all stale ones."""
+    args = list(argv)
+    alias = None
+    if args[:1] == ["--database"] and len(args) > 1:
+        alias, args = args[1], args[2:]
+    if not args or args[0] not in ("list", "release") or (args[0] == "release" and len(args) < 2):
+        print(_USAGE, file=sys.stderr)
+        return 2
+    django.setup()
+    alias = alias or _setting("MARATHON_DATABASE") or router.db_for_write(_model())
+    stale_after = _setting("MARATHON_STALE_AFTER")
+    if args[0] == "release":
+        if args[1:] == ["--stale"]:
+            names = _release_stale(alias, stale_after)
+        else:
+            names = [name for name in args[1:] if _model().objects.using(alias).filter(name=name).delete()[0]]
+        print("Released %d lock(s)%s" % (len(names), ": " + ", ".join(names) if names else "."))
+        return 0 if names else 1
+    locks = list(_with_state(_model().objects.using(alias).order_by("name"), connections[alias].vendor))
+    rows = [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT")] + [
+        (
+            lock.name,
+            _state(lock, stale_after),
+            lock.owner or "-",
+            "%.0f s" % lock.held_for,
+            "-" if lock.heartbeat_age is None else "%.1f s ago" % lock.heartbeat_age,
+        )
+        for lock in locks
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0 if locks else 1
+
+
 # ---- The app config ----
 
 
@@ -791,6 +930,10 @@ class MarathonConfig(AppConfig):
 
     def ready(self):
         checks.register(_check_settings)
+        if apps.is_installed("django.contrib.admin"):
+            from django.contrib import admin
+
+            _register_admin(admin.site)
 
 
 # ---- Import-system glue ----
@@ -814,3 +957,7 @@ for _submodule in ("apps", "models", "commands", "mixins"):  # 0.1's import path
 sys.modules[__name__ + ".migrations"] = marathon_migrations  # where Django looks for migrations
 if django.VERSION < (3, 2):
     default_app_config = "marathon.MarathonConfig"  # 3.2+ finds it in marathon.apps, and warns
+if __name__ == "__main__":  # python -m marathon: run the shell tool in the real module, not in __main__
+    import marathon
+
+    sys.exit(marathon._main(sys.argv[1:]))
