@@ -36,7 +36,7 @@ from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core import checks
 from django.core.management.base import CommandError
-from django.db import OperationalError, connections, models, router
+from django.db import InterfaceError, OperationalError, connections, models, router
 from django.db.models.expressions import RawSQL
 from django.dispatch import Signal
 from django.utils.dateparse import parse_datetime
@@ -334,6 +334,25 @@ def _autocommit_cursor(alias):
             connection.close()
 
 
+def _on_cursor(alias, operation):
+    """Run operation(cursor) on an autocommit cursor.
+
+    A long task can outlive its connection (a server restart, an idle timeout):
+    then the operation runs once more on a new one, so that a release is not
+    lost to a dead session and left to go stale.
+    """
+    try:
+        with _autocommit_cursor(alias) as cursor:
+            return operation(cursor)
+    except (OperationalError, InterfaceError):
+        connection = connections[alias]
+        if connection.in_atomic_block or connection.is_usable():
+            raise
+        connection.close()
+    with _autocommit_cursor(alias) as cursor:
+        return operation(cursor)
+
+
 def _check_mysql_name(connection, name):
     """MySQL's utf8 (utf8mb3) connections cannot carry characters beyond U+FFFF."""
     charset = connection.settings_dict.get("OPTIONS", {}).get("charset", "utf8")
@@ -342,6 +361,11 @@ def _check_mysql_name(connection, name):
             "Lock name %r has characters beyond U+FFFF, which database %r cannot carry: "
             "set OPTIONS['charset'] = 'utf8mb4' for it." % (name, connection.alias)
         )
+
+
+def _rowcount(cursor, sql, params):
+    cursor.execute(sql, params)
+    return cursor.rowcount
 
 
 def _format_time(value):
@@ -613,7 +637,7 @@ class Marathon:
     def _try(self, alias, vendor, owner, token, stale_after):
         """One round: insert, or take over a stale holder and insert. Returns the fence or None."""
         try:
-            return self._try_once(alias, vendor, owner, token, stale_after)
+            return _on_cursor(alias, lambda cursor: self._attempts(cursor, vendor, owner, token, stale_after))
         except OperationalError as exc:
             if vendor != "sqlite" or "locked" not in str(exc):
                 raise
@@ -622,28 +646,25 @@ class Marathon:
             self._holder = None
             return None
 
-    def _try_once(self, alias, vendor, owner, token, stale_after):
-        with _autocommit_cursor(alias) as cursor:
-            for _ in range(3):  # a holder that leaves, or a takeover, earns a retry
-                fence, holder = _attempt(cursor, vendor, self.name, owner, token)
-                self._holder = holder
-                if fence is not None or holder is None:
-                    if fence is not None:
-                        return fence
-                    continue
-                stale_id, stale_owner, _, heartbeat_at, age = holder
-                if age is None or age <= stale_after:
-                    return None
-                cursor.execute(_DELETE_STALE, [stale_id, heartbeat_at])
-                if cursor.rowcount == 1:
-                    logger.warning(
-                        "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago "
-                        "(stale after %s s).",
-                        self.name,
-                        stale_owner,
-                        age,
-                        stale_after,
-                    )
+    def _attempts(self, cursor, vendor, owner, token, stale_after):
+        for _ in range(3):  # a holder that leaves, or a takeover, earns another attempt
+            fence, holder = _attempt(cursor, vendor, self.name, owner, token)
+            self._holder = holder
+            if fence is not None:
+                return fence
+            if holder is None:
+                continue  # the holder left between our statements
+            stale_id, stale_owner, _, heartbeat_at, age = holder
+            if age is None or age <= stale_after:
+                return None
+            if _rowcount(cursor, _DELETE_STALE, [stale_id, heartbeat_at]) == 1:
+                logger.warning(
+                    "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s).",
+                    self.name,
+                    stale_owner,
+                    age,
+                    stale_after,
+                )
         return None
 
     def release(self):
@@ -654,9 +675,7 @@ class Marathon:
         with hold.mutex:
             hold.released = True
         _Heartbeat.unregister(hold)
-        with _autocommit_cursor(hold.alias) as cursor:
-            cursor.execute(_RELEASE, [hold.fence, hold.token])
-            removed = cursor.rowcount == 1
+        removed = _on_cursor(hold.alias, lambda cursor: _rowcount(cursor, _RELEASE, [hold.fence, hold.token])) == 1
         if removed:
             logger.info(
                 "Released the lock %r (fence %s, owner %s) after %.3f s.",
@@ -817,8 +836,7 @@ def _release_stale(alias, stale_after):
     with _autocommit_cursor(alias) as cursor:
         cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
         for name, stale_id, heartbeat_at in cursor.fetchall():
-            cursor.execute(_DELETE_STALE, [stale_id, heartbeat_at])
-            if cursor.rowcount == 1:
+            if _rowcount(cursor, _DELETE_STALE, [stale_id, heartbeat_at]) == 1:
                 released.append(name)
     return released
 
