@@ -437,6 +437,7 @@ class _Heartbeat(threading.Thread):
         self.pid = os.getpid()
         self.holds = {}  # token -> _Hold; guarded by _mutex
         self.due = float("inf")  # monotonic time of the next beat
+        self.until = float("inf")  # when the thread's current sleep ends
         self.wake = threading.Event()
 
     @classmethod
@@ -447,9 +448,8 @@ class _Heartbeat(threading.Thread):
             if start:
                 thread = cls._threads[hold.alias] = cls(hold.alias)
             thread.holds[hold.token] = hold
-            due = hold.acquired + hold.interval
-            wake = due < thread.due
-            thread.due = min(thread.due, due)
+            thread.due = min(thread.due, hold.acquired + hold.interval)
+            wake = thread.due < thread.until  # only if it would sleep through this beat
         if start:
             thread.start()
         elif wake:
@@ -461,8 +461,8 @@ class _Heartbeat(threading.Thread):
             thread = cls._threads.get(hold.alias)
             if thread is None or thread.holds.pop(hold.token, None) is None:
                 return
-            if not thread.holds:
-                thread.wake.set()  # start lingering now, not at the next beat
+            if not thread.holds and thread.until > time.monotonic() + _LINGER:
+                thread.wake.set()  # linger from now, not from the next beat
 
     def run(self):
         try:
@@ -472,21 +472,24 @@ class _Heartbeat(threading.Thread):
             connections[self.alias].close()
 
     def _wait(self):
-        """Sleep until the next beat is due; False when it is time to end."""
-        lingered = False
+        """Sleep until the next beat is due; False once it has lingered with no lock."""
+        idle_since = None
         while True:
             with self._mutex:
-                if not self.holds:
-                    if lingered:
+                now = time.monotonic()
+                if self.holds:
+                    idle_since = None
+                    if self.due <= now:
+                        return True
+                    self.until = self.due
+                else:
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= _LINGER:
                         del self._threads[self.alias]
                         return False
-                    timeout = _LINGER
                     self.due = float("inf")
-                else:
-                    timeout = self.due - time.monotonic()
-                    if timeout <= 0:
-                        return True
-            lingered = not self.wake.wait(timeout) and timeout == _LINGER
+                    self.until = idle_since + _LINGER
+            self.wake.wait(self.until - now)  # state is read again after every wake
             self.wake.clear()
 
     def _beat(self):
@@ -500,17 +503,18 @@ class _Heartbeat(threading.Thread):
             for hold in holds:
                 if started - hold.confirmed > hold.stale_after:
                     hold.lose("the database could not be reached for %.0f s" % (started - hold.confirmed))
-            next_beat = min(hold.interval for hold in holds) / 4  # retry soon
+            retry = 4  # soon
         else:
             for hold in holds:
                 if hold.fence in alive:
                     hold.confirmed = started
                 else:
                     hold.lose("its row was deleted or taken over")
-            next_beat = min(hold.interval for hold in holds)
+            retry = 1
             logger.debug("Heartbeat refreshed %d of %d lock(s) on %r.", len(alive), len(holds), self.alias)
-        with self._mutex:
-            self.due = started + next_beat
+        with self._mutex:  # locks taken during the beat count too
+            intervals = [hold.interval for hold in self.holds.values()]
+            self.due = started + min(intervals) / retry if intervals else float("inf")
 
     def _refresh(self, holds):
         """One UPDATE for every lock; a SELECT only if some row is gone. Reconnects once."""
