@@ -278,11 +278,15 @@ _SELECT_HOLDER = {
     for vendor in _NOW
 }
 _SELECT_STALE = {
-    vendor: _sql("SELECT name, id, heartbeat_at FROM marathon_lock WHERE {age} > %s ORDER BY name", vendor)
+    vendor: _sql("SELECT name, id FROM marathon_lock WHERE {age} > %s ORDER BY name", vendor)
     for vendor in _NOW
 }
-# Takeover deletes the stale row only if its heartbeat is still the stale one we read.
-_DELETE_STALE = "DELETE FROM marathon_lock WHERE id = %s AND heartbeat_at = %s"
+# Takeover deletes the row we found stale only if it is still stale by the
+# database's clock: a holder that beat meanwhile keeps its lock.
+_DELETE_STALE = {
+    vendor: _sql("DELETE FROM marathon_lock WHERE id = %s AND {age} > %s", vendor)
+    for vendor in _NOW
+}
 _RELEASE = "DELETE FROM marathon_lock WHERE id = %s AND token = %s"
 
 
@@ -658,10 +662,10 @@ class Marathon:
                 return fence
             if holder is None:
                 continue  # the holder left between our statements
-            stale_id, stale_owner, _, heartbeat_at, age = holder
+            stale_id, stale_owner, _, _, age = holder
             if age is None or age <= stale_after:
                 return None
-            if _rowcount(cursor, _DELETE_STALE, [stale_id, heartbeat_at]) == 1:
+            if _rowcount(cursor, _DELETE_STALE[vendor], [stale_id, stale_after]) == 1:
                 logger.warning(
                     "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s).",
                     self.name,
@@ -839,8 +843,8 @@ def _release_stale(alias, stale_after):
     released = []
     with _autocommit_cursor(alias) as cursor:
         cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
-        for name, stale_id, heartbeat_at in cursor.fetchall():
-            if _rowcount(cursor, _DELETE_STALE, [stale_id, heartbeat_at]) == 1:
+        for name, stale_id in cursor.fetchall():
+            if _rowcount(cursor, _DELETE_STALE[cursor.db.vendor], [stale_id, stale_after]) == 1:
                 released.append(name)
     return released
 

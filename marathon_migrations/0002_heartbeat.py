@@ -11,7 +11,12 @@ def exact_names_on_mysql(apps, schema_editor):
     connection = schema_editor.connection
     if connection.vendor != "mysql":
         return
-    collation = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
+    if connection.mysql_is_mariadb:
+        collation = "utf8mb4_nopad_bin"
+    elif connection.mysql_version >= (8, 0):
+        collation = "utf8mb4_0900_bin"
+    else:  # MySQL 5.7 has no binary no-pad collation: "job" and "job " stay one name
+        collation = "utf8mb4_bin"
     schema_editor.execute(
         "ALTER TABLE marathon_lock MODIFY name VARCHAR(255) "
         "CHARACTER SET utf8mb4 COLLATE %s NOT NULL" % collation
