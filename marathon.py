@@ -35,7 +35,7 @@ import django
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core import checks
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, OutputWrapper
 from django.db import InterfaceError, OperationalError, connections, models, router
 from django.db.models.expressions import RawSQL
 from django.dispatch import Signal
@@ -442,6 +442,7 @@ class _Heartbeat(threading.Thread):
         self.holds = {}  # token -> _Hold; guarded by _mutex
         self.due = float("inf")  # monotonic time of the next beat
         self.until = float("inf")  # when the thread's current sleep ends
+        self.idle_since = None  # since when it has held no lock
         self.wake = threading.Event()
 
     @classmethod
@@ -452,6 +453,7 @@ class _Heartbeat(threading.Thread):
             if start:
                 thread = cls._threads[hold.alias] = cls(hold.alias)
             thread.holds[hold.token] = hold
+            thread.idle_since = None
             thread.due = min(thread.due, hold.acquired + hold.interval)
             wake = thread.due < thread.until  # only if it would sleep through this beat
         if start:
@@ -465,8 +467,10 @@ class _Heartbeat(threading.Thread):
             thread = cls._threads.get(hold.alias)
             if thread is None or thread.holds.pop(hold.token, None) is None:
                 return
-            if not thread.holds and thread.until > time.monotonic() + _LINGER:
-                thread.wake.set()  # linger from now, not from the next beat
+            if not thread.holds:
+                thread.idle_since = time.monotonic()
+                if thread.until > thread.idle_since + _LINGER:
+                    thread.wake.set()  # linger from now, not from the next beat
 
     def run(self):
         try:
@@ -477,22 +481,20 @@ class _Heartbeat(threading.Thread):
 
     def _wait(self):
         """Sleep until the next beat is due; False once it has lingered with no lock."""
-        idle_since = None
         while True:
             with self._mutex:
                 now = time.monotonic()
                 if self.holds:
-                    idle_since = None
                     if self.due <= now:
                         return True
                     self.until = self.due
                 else:
-                    idle_since = now if idle_since is None else idle_since
-                    if now - idle_since >= _LINGER:
+                    self.idle_since = now if self.idle_since is None else self.idle_since
+                    if now - self.idle_since >= _LINGER:
                         del self._threads[self.alias]
                         return False
                     self.due = float("inf")
-                    self.until = idle_since + _LINGER
+                    self.until = self.idle_since + _LINGER
             self.wake.wait(self.until - now)  # state is read again after every wake
             self.wake.clear()
 
@@ -768,6 +770,8 @@ class SingleRunnerCommand:
             message = "%s Skipped this run." % lock._already_running()
             if self.lock_held_exit_code:
                 raise CommandError(message, returncode=self.lock_held_exit_code)
+            if options.get("stderr"):  # as BaseCommand.execute() would have set it
+                self.stderr = OutputWrapper(options["stderr"])
             self.stderr.write(message)
             return None
         try:
