@@ -1,0 +1,169 @@
+"""SingleRunnerCommand: commands in tests/testapp/management/commands/, in process and as real processes."""
+import io
+import json
+import os
+import signal
+import threading
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+from marathon import Lock, Marathon
+from tests.fixtures_lock import finish, run_command, start_child, start_command, touch, wait_for_file
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST = {"heartbeat": 0.1, "stale_after": 0.5}
+
+
+def call(name, *args):
+    """call_command in this process; returns (result, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    result = call_command(name, *args, stdout=out, stderr=err)
+    return result, out.getvalue(), err.getvalue()
+
+
+def facts(stdout):
+    line = [line for line in stdout.splitlines() if line.startswith("FACTS ")][0]
+    return json.loads(line[len("FACTS "):])
+
+
+# ---- the lock wraps the run ----
+
+
+def test_readme_style_handle_runs_under_the_lock_named_after_the_command():
+    _, out, err = call("marathon_readme")
+    seen = facts(out)
+    assert seen["row"] is True and seen["lock"] == "marathon_readme"
+    assert "Task completed." in out and err == ""
+    assert not Lock.objects.exists()
+
+
+def test_0_1_style_lock_name_and_run_task():
+    _, out, _ = call("marathon_task")
+    seen = facts(out)
+    assert seen["row"] is True and seen["lock"] == "legacy-task"
+    assert not Lock.objects.exists()
+
+
+def test_heartbeat_runs_while_the_command_runs():
+    with override_settings(MARATHON_HEARTBEAT=0.1, MARATHON_STALE_AFTER=0.5):
+        _, out, _ = call("marathon_readme", "--until-heartbeat")
+    assert "heartbeat moved" in out
+
+
+def test_lock_per_argument():
+    with Marathon("sync-north", **FAST):
+        _, out, err = call("marathon_per_arg", "north")
+        assert "Starting task" not in out and "sync-north" in err
+        _, out, err = call("marathon_per_arg", "south")
+        assert facts(out)["lock"] == "sync-south" and facts(out)["row"] is True
+    assert not Lock.objects.exists()
+
+
+def test_held_lock_skips_handle_and_says_who_holds_it_since_when():
+    with Marathon("marathon_readme", **FAST) as lock:
+        result, out, err = call("marathon_readme")
+        assert result is None
+        assert "Starting task" not in out
+        assert "marathon_readme" in err and "already running" in err
+        assert lock.owner in err and " since " in err
+        assert Lock.objects.get(name="marathon_readme").owner == lock.owner
+
+
+def test_held_lock_with_exit_code_raises_command_error_in_process():
+    with Marathon("marathon_exit3", **FAST):
+        with pytest.raises(CommandError) as caught:
+            call("marathon_exit3")
+    assert caught.value.returncode == 3
+    assert "already running" in str(caught.value)
+
+
+def test_lock_wait_waits_for_the_holder(tmp_path):
+    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
+    holder = start_child("hold", "waiting-task", ready, release, 0.1, 0.5)
+    wait_for_file(ready, process=holder)
+    releaser = threading.Timer(0.3, touch, args=(release,))  # the command must be waiting by then, or not: it passes
+    releaser.start()
+    try:
+        _, out, err = call("marathon_wait")
+    finally:
+        releaser.join()
+        finish(holder)
+    assert facts(out)["row"] is True and "Task completed." in out, err
+
+
+def test_exception_in_handle_propagates_and_releases():
+    with pytest.raises(RuntimeError):
+        call("marathon_readme", "--fail")
+    assert not Lock.objects.exists()
+
+
+# ---- real processes: exit codes and signals ----
+
+
+@pytest.fixture
+def running(tmp_path):
+    """Start a command as a process and wait until its handle() runs."""
+    started = []
+
+    def start(name, *args):
+        ready, release = str(tmp_path / ("ready%d" % len(started))), str(tmp_path / ("release%d" % len(started)))
+        process = start_command(name, "--ready", ready, "--wait-for", release, *args)
+        started.append((process, release))
+        seen = json.loads(wait_for_file(ready, process=process))
+        return process, seen, lambda: touch(release)
+
+    yield start
+    for process, release in started:
+        if process.poll() is None:
+            touch(release)
+            finish(process)
+
+
+def test_second_run_is_skipped_with_status_0_while_the_first_runs(running):
+    first, seen, release = running("marathon_readme")
+    assert seen["row"] is True
+    row = Lock.objects.get(name="marathon_readme")
+    assert row.owner.endswith(":%d" % first.pid) and row.heartbeat_at is not None
+    code, out, err = run_command("marathon_readme")
+    assert code == 0
+    assert "Starting task" not in out
+    assert "marathon_readme" in err and "already running" in err and row.owner in err and " since " in err
+    release()
+    code, out, err = finish(first)
+    assert code == 0, err
+    assert "Task completed." in out
+    assert not Lock.objects.exists()
+
+
+def test_second_run_exits_with_lock_held_exit_code(running):
+    first, _, release = running("marathon_exit3")
+    code, out, err = run_command("marathon_exit3")
+    assert code == 3
+    assert "marathon_exit3" in err and "already running" in err and "Starting task" not in out
+    release()
+    assert finish(first)[0] == 0
+
+
+def test_free_lock_runs_with_status_0_and_failure_is_non_zero():
+    code, out, err = run_command("marathon_task")
+    assert code == 0, err
+    assert facts(out)["row"] is True
+    code, out, err = run_command("marathon_readme", "--fail")
+    assert code != 0
+    assert "the task failed" in err
+    assert not Lock.objects.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_releases_the_lock_and_exits_non_zero(running, signum):
+    process, seen, _ = running("marathon_readme")
+    assert Lock.objects.filter(name="marathon_readme").exists()
+    os.kill(process.pid, signum)
+    code, out, err = finish(process)
+    assert code != 0, (out, err)
+    assert "Task completed." not in out
+    assert not Lock.objects.exists()
