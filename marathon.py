@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -253,15 +254,10 @@ def _sql(template, vendor):
     return template.format(now=_NOW[vendor], age=_AGE[vendor].format(column="heartbeat_at"))
 
 
-# PostgreSQL: one statement inserts, or else reports the holder. The SELECT reads
-# the snapshot taken before the INSERT, so exactly one of the two parts returns
-# a row (neither, if the holder committed during the statement).
-_ACQUIRE_POSTGRESQL = _sql(
-    "WITH new AS (INSERT INTO marathon_lock " + _COLUMNS + " ON CONFLICT (name) DO NOTHING RETURNING id) "
-    "SELECT TRUE, id, NULL, NULL, NULL, NULL FROM new "
-    "UNION ALL SELECT FALSE, " + _HOLDER + " FROM marathon_lock WHERE name = %s",
-    "postgresql",
-)
+# PostgreSQL: one call inserts, or else reports the holder (acquired, id, owner,
+# locked_at, heartbeat_at, age): a function from migration 0003, whose plans
+# PostgreSQL caches per session. No row comes back if the holder left meanwhile.
+_ACQUIRE_POSTGRESQL = "SELECT * FROM marathon_acquire(%s, %s, %s)"
 # SQLite 3.35+: on conflict the no-op update makes RETURNING give the holder's row.
 _ACQUIRE_SQLITE = _sql(
     "INSERT INTO marathon_lock " + _COLUMNS + " ON CONFLICT (name) DO UPDATE SET name = excluded.name "
@@ -301,7 +297,7 @@ def _beat_sql(vendor, count):
 def _attempt(cursor, vendor, name, owner, token):
     """Try once. Return (fence, None) if acquired, else (None, holder row or None)."""
     if vendor == "postgresql":
-        cursor.execute(_ACQUIRE_POSTGRESQL, [name, owner, token, name])
+        cursor.execute(_ACQUIRE_POSTGRESQL, [name, owner, token])
         rows = cursor.fetchall()
         if rows and rows[0][0]:
             return rows[0][1], None
@@ -318,43 +314,32 @@ def _attempt(cursor, vendor, name, owner, token):
     return None, row
 
 
-@contextlib.contextmanager
-def _autocommit_cursor(alias):
-    """A cursor whose statements commit at once, whatever transaction the caller is in.
+def _on_cursor(alias, operation, *args):
+    """Run operation(cursor, *args) on a cursor whose statements commit at once.
 
     Outside a transaction that is Django's own connection for this thread. Inside
     one it is a connection of our own, closed again at once, so that a rollback
-    undoes neither an acquire nor a release.
+    undoes neither an acquire nor a release. A long task can outlive Django's
+    connection (a server restart, an idle timeout): then the operation runs once
+    more on a new one, so that a release is not lost to a dead session.
     """
     connection = connections[alias]
-    private = connection.in_atomic_block or not connection.get_autocommit()
-    if private:
-        connection = type(connection)(connection.settings_dict, alias)
+    if connection.in_atomic_block or not connection.get_autocommit():
+        private = type(connection)(connection.settings_dict, alias)
+        try:
+            with private.cursor() as cursor:
+                return operation(cursor, *args)
+        finally:
+            private.close()
     try:
         with connection.cursor() as cursor:
-            yield cursor
-    finally:
-        if private:
-            connection.close()
-
-
-def _on_cursor(alias, operation):
-    """Run operation(cursor) on an autocommit cursor.
-
-    A long task can outlive its connection (a server restart, an idle timeout):
-    then the operation runs once more on a new one, so that a release is not
-    lost to a dead session and left to go stale.
-    """
-    try:
-        with _autocommit_cursor(alias) as cursor:
-            return operation(cursor)
+            return operation(cursor, *args)
     except (OperationalError, InterfaceError):
-        connection = connections[alias]
-        if connection.in_atomic_block or connection.is_usable():
+        if connection.is_usable():
             raise
         connection.close()
-    with _autocommit_cursor(alias) as cursor:
-        return operation(cursor)
+    with connection.cursor() as cursor:
+        return operation(cursor, *args)
 
 
 def _check_mysql_name(connection, name):
@@ -380,8 +365,15 @@ def _format_time(value):
     return value.strftime("%Y-%m-%d %H:%M:%S UTC" if value.utcoffset() is None else "%Y-%m-%d %H:%M:%S %Z")
 
 
+_owners = {}  # pid -> owner: a forked child has its own
+
+
 def _owner():
-    return ("%s:%d" % (socket.gethostname(), os.getpid()))[-255:]
+    """host:pid, for people."""
+    pid = os.getpid()
+    if pid not in _owners:
+        _owners[pid] = ("%s:%d" % (socket.gethostname(), pid))[-255:]
+    return _owners[pid]
 
 
 # ---- The heartbeat ----
@@ -399,18 +391,16 @@ class _Hold:
         self.interval = interval
         self.stale_after = stale_after
         self.acquired = self.confirmed = time.monotonic()
-        self.released = False
-        self.lost = threading.Event()
+        self.released = self.lost = False  # each set once, under _Heartbeat._mutex
         self.reason = None
-        self.mutex = threading.Lock()
 
     def lose(self, reason):
         """Report the loss once: flag, log, signal, callback. Never raises."""
-        with self.mutex:
-            if self.released or self.lost.is_set():
+        with _Heartbeat._mutex:
+            if self.released or self.lost:
                 return
             self.reason = reason
-            self.lost.set()
+            self.lost = True
         _Heartbeat.unregister(self)
         marathon = self.marathon
         logger.error("Lost the lock %r (fence %s, owner %s): %s.", marathon.name, self.fence, self.owner, reason)
@@ -425,11 +415,11 @@ class _Hold:
 class _Heartbeat(threading.Thread):
     """One thread per process and database: refreshes all the locks it holds there.
 
-    Every due beat is one UPDATE for all of them. A lock whose row is gone is
-    reported lost; a database that cannot be reached is retried until a lock
-    would have gone stale, then that lock is reported lost. With no lock left
-    the thread lingers briefly for the next acquire, then ends and closes its
-    connection.
+    Every due beat is one UPDATE for all of them, sent by its _Session. A lock
+    whose row is gone is reported lost; a database that fails or does not
+    answer is retried until a lock would have gone stale, then that lock is
+    reported lost. With no lock left the thread lingers briefly for the next
+    acquire, then ends, and so does its session.
     """
 
     _threads = {}  # alias -> _Heartbeat of this process
@@ -444,6 +434,7 @@ class _Heartbeat(threading.Thread):
         self.until = float("inf")  # when the thread's current sleep ends
         self.idle_since = None  # since when it has held no lock
         self.wake = threading.Event()
+        self.session = None
 
     @classmethod
     def register(cls, hold):
@@ -462,8 +453,9 @@ class _Heartbeat(threading.Thread):
             thread.wake.set()
 
     @classmethod
-    def unregister(cls, hold):
+    def unregister(cls, hold, released=False):
         with cls._mutex:
+            hold.released = hold.released or released
             thread = cls._threads.get(hold.alias)
             if thread is None or thread.holds.pop(hold.token, None) is None:
                 return
@@ -477,7 +469,8 @@ class _Heartbeat(threading.Thread):
             while self._wait():
                 self._beat()
         finally:
-            connections[self.alias].close()
+            if self.session is not None:
+                self.session.jobs.put(None)
 
     def _wait(self):
         """Sleep until the next beat is due; False once it has lingered with no lock."""
@@ -502,13 +495,23 @@ class _Heartbeat(threading.Thread):
         with self._mutex:
             holds = list(self.holds.values())
         started = time.monotonic()
-        try:
-            alive = self._refresh(holds)
-        except Exception as exc:  # the database's errors vary; every one is retried
-            logger.warning("Heartbeat for %d lock(s) on %r failed: %s", len(holds), self.alias, exc)
+        if self.session is None:
+            self.session = _Session(self.alias)
+            self.session.start()
+        answer = queue.Queue()
+        self.session.jobs.put((holds, answer))
+        try:  # wait no longer than the first of these locks stays fresh
+            alive, error = answer.get(timeout=max(min(h.confirmed + h.stale_after for h in holds) - started, 0.1))
+        except queue.Empty:
+            alive, error = None, "the database did not answer"
+            self.session.jobs.put(None)  # it ends if its query ever returns
+            self.session = None
+        if error is not None:
+            logger.warning("Heartbeat for %d lock(s) on %r failed: %s", len(holds), self.alias, error)
+            now = time.monotonic()
             for hold in holds:
-                if started - hold.confirmed > hold.stale_after:
-                    hold.lose("the database could not be reached for %.0f s" % (started - hold.confirmed))
+                if now - hold.confirmed > hold.stale_after:
+                    hold.lose("the database could not be reached for %.1f s" % (now - hold.confirmed))
             retry = 4  # soon
         else:
             for hold in holds:
@@ -521,6 +524,32 @@ class _Heartbeat(threading.Thread):
         with self._mutex:  # locks taken during the beat count too
             intervals = [hold.interval for hold in self.holds.values()]
             self.due = started + min(intervals) / retry if intervals else float("inf")
+
+
+
+class _Session(threading.Thread):
+    """The heartbeat's database connection, in a thread of its own.
+
+    A database that stops answering can block a query for as long as the
+    socket stays open. The heartbeat must still report the loss in time, so it
+    waits for its session only until a lock would go stale, and then leaves a
+    stuck session behind (a daemon thread) and starts another.
+    """
+
+    def __init__(self, alias):
+        super().__init__(name="marathon-session-%s" % alias, daemon=True)
+        self.alias = alias
+        self.jobs = queue.Queue()  # (holds, answer queue), or None to end
+
+    def run(self):
+        try:
+            for holds, answer in iter(self.jobs.get, None):
+                try:
+                    answer.put((self._refresh(holds), None))
+                except Exception as exc:  # the database's errors vary; the heartbeat retries them all
+                    answer.put((None, exc))
+        finally:
+            connections[self.alias].close()
 
     def _refresh(self, holds):
         """One UPDATE for every lock; a SELECT only if some row is gone. Reconnects once."""
@@ -591,12 +620,12 @@ class Marathon:
     def held(self):
         """True from a successful acquire until release, or until the lock is lost."""
         hold = self._hold
-        return hold is not None and not hold.released and not hold.lost.is_set()
+        return hold is not None and not hold.released and not hold.lost
 
     @property
     def lost(self):
         """True once the heartbeat found this holder's row deleted or taken over."""
-        return self._hold is not None and self._hold.lost.is_set()
+        return self._hold is not None and self._hold.lost
 
     @property
     def fence(self):
@@ -647,7 +676,7 @@ class Marathon:
     def _try(self, alias, vendor, owner, token, stale_after):
         """One round: insert, or take over a stale holder and insert. Returns the fence or None."""
         try:
-            return _on_cursor(alias, lambda cursor: self._attempts(cursor, vendor, owner, token, stale_after))
+            return _on_cursor(alias, self._attempts, vendor, owner, token, stale_after)
         except OperationalError as exc:
             if vendor != "sqlite" or "locked" not in str(exc):
                 raise
@@ -682,10 +711,10 @@ class Marathon:
         hold = self._hold
         if hold is None or hold.released:
             return False
-        with hold.mutex:
-            hold.released = True
-        _Heartbeat.unregister(hold)
-        removed = _on_cursor(hold.alias, lambda cursor: _rowcount(cursor, _RELEASE, [hold.fence, hold.token])) == 1
+        _Heartbeat.unregister(hold, released=True)
+        if hold.lost:
+            return False  # its row is another holder's now, or ours but stale: not ours to touch
+        removed = _on_cursor(hold.alias, _rowcount, _RELEASE, [hold.fence, hold.token]) == 1
         if removed:
             logger.info(
                 "Released the lock %r (fence %s, owner %s) after %.3f s.",
@@ -695,7 +724,7 @@ class Marathon:
                 time.monotonic() - hold.acquired,
             )
             lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
-        elif not hold.lost.is_set():
+        elif not hold.lost:
             hold.reason = "its row was deleted or taken over before the release"
         return removed
 
@@ -842,15 +871,14 @@ def _state(lock, stale_after):
     return "stale" if lock.heartbeat_age > stale_after else "running"
 
 
-def _release_stale(alias, stale_after):
-    """Delete every stale lock, each only if its heartbeat did not move meanwhile. Returns their names."""
-    released = []
-    with _autocommit_cursor(alias) as cursor:
-        cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
-        for name, stale_id in cursor.fetchall():
-            if _rowcount(cursor, _DELETE_STALE[cursor.db.vendor], [stale_id, stale_after]) == 1:
-                released.append(name)
-    return released
+def _release_stale(cursor, stale_after):
+    """Delete every stale lock, each only if it is still stale. Returns their names."""
+    cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
+    return [
+        name
+        for name, stale_id in cursor.fetchall()
+        if _rowcount(cursor, _DELETE_STALE[cursor.db.vendor], [stale_id, stale_after]) == 1
+    ]
 
 
 def _register_admin(site):
@@ -921,7 +949,7 @@ def _main(argv):
     stale_after = _setting("MARATHON_STALE_AFTER")
     if args[0] == "release":
         if args[1:] == ["--stale"]:
-            names = _release_stale(alias, stale_after)
+            names = _on_cursor(alias, _release_stale, stale_after)
         else:
             names = [name for name in args[1:] if _model().objects.using(alias).filter(name=name).delete()[0]]
         print("Released %d lock(s)%s" % (len(names), ": " + ", ".join(names) if names else "."))

@@ -274,11 +274,16 @@ def _heartbeat_threads():
     return [t for t in threading.enumerate() if t.name.startswith("marathon-heartbeat")]
 
 
+def _marathon_threads():
+    """The heartbeat thread and the session thread that holds its connection."""
+    return [t for t in threading.enumerate() if t.name.startswith("marathon-")]
+
+
 def _wait_heartbeat_threads_gone():
     deadline = time.monotonic() + 15
-    for thread in _heartbeat_threads():
+    for thread in _marathon_threads():
         thread.join(max(0.0, deadline - time.monotonic()))
-    assert _heartbeat_threads() == [], "a heartbeat thread did not end"
+    assert _marathon_threads() == [], "a heartbeat or session thread did not end"
 
 
 @pytest.mark.parametrize("count", [1, 10, 100])
@@ -306,7 +311,7 @@ def test_one_heartbeat_statement_per_beat_however_many_locks(count):
         return result
 
     def on_connect(sender, connection, **kwargs):
-        if not threading.current_thread().name.startswith("marathon-heartbeat"):
+        if not threading.current_thread().name.startswith("marathon-session"):
             return
         connection.execute_wrappers.append(counter)
         if vendor == "sqlite":

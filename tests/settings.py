@@ -1,0 +1,145 @@
+"""Django settings for the django-marathon test suite.
+
+The database comes from MARATHON_TEST_DB: "sqlite" (default), "postgres" or
+"mysql" (MariaDB/MySQL through PyMySQL). Names are unique per tox env so
+parallel envs never collide, and only databases named *marathon* are ever
+created or dropped.
+
+Child processes started by the tests import these settings with
+MARATHON_TEST_CHILD=1: they then use the TEST database that pytest-django
+created, as their default database.
+"""
+import os
+import re
+import tempfile
+import warnings
+
+BASE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# --- Which database, and names unique per tox env --------------------------
+
+DB = os.environ.get("MARATHON_TEST_DB", "sqlite").lower()
+if DB not in ("sqlite", "postgres", "mysql"):
+    raise RuntimeError(
+        "MARATHON_TEST_DB must be sqlite, postgres or mysql, not %r" % DB
+    )
+CHILD = os.environ.get("MARATHON_TEST_CHILD") == "1"
+
+ENV_NAME = re.sub(
+    r"[^a-z0-9_]+", "_", os.environ.get("TOX_ENV_NAME", "local").lower()
+).strip("_")[:40] or "local"
+NAME = "marathon_%s" % ENV_NAME  # never created: Django connects without it
+TEST_NAME = "test_marathon_%s" % ENV_NAME  # created and dropped by the tests
+
+if DB == "sqlite":
+    # A file database (not :memory:) so child processes can share it.
+    _tmp = os.path.join(os.environ["TOX_ENV_DIR"], "tmp") if os.environ.get(
+        "TOX_ENV_DIR"
+    ) else tempfile.gettempdir()
+    _default = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.path.join(_tmp, NAME + ".sqlite3"),
+        "TEST": {"NAME": os.path.join(_tmp, TEST_NAME + ".sqlite3")},
+    }
+elif DB == "postgres":
+    _default = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": os.environ.get("MARATHON_PG_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("MARATHON_PG_PORT", "5432"),
+        "USER": os.environ.get("MARATHON_PG_USER", "postgres"),
+        "PASSWORD": os.environ.get("MARATHON_PG_PASSWORD", ""),
+        "NAME": NAME,
+        "TEST": {"NAME": TEST_NAME},
+    }
+else:
+    import pymysql
+
+    # mysqlclient (MySQLdb) needs libmariadb-dev to build; PyMySQL is pure
+    # Python and stands in for it. Django 5.1+ refuses a MySQLdb older than
+    # 2.2.1 and reads the version from version_info, so PyMySQL claims 2.2.1.
+    pymysql.version_info = (2, 2, 1, "final", 0)
+    pymysql.install_as_MySQLdb()
+    _default = {
+        "ENGINE": "django.db.backends.mysql",
+        "HOST": os.environ.get("MARATHON_MYSQL_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("MARATHON_MYSQL_PORT", "3306"),
+        "USER": os.environ.get("MARATHON_MYSQL_USER", "root"),
+        "PASSWORD": os.environ.get("MARATHON_MYSQL_PASSWORD", ""),
+        "NAME": NAME,
+        "OPTIONS": {"charset": "utf8mb4"},
+        "TEST": {
+            "NAME": TEST_NAME,
+            "CHARSET": "utf8mb4",
+            "COLLATION": "utf8mb4_unicode_ci",
+        },
+    }
+
+if CHILD:
+    # A child process talks to the database pytest-django created.
+    _default["NAME"] = _default["TEST"]["NAME"]
+    # ...and treats warnings as errors, as pytest does (setup.cfg
+    # [tool:pytest] filterwarnings; keep the two lists in step).
+    warnings.simplefilter("error")
+    # Django 3.1/3.2 import `cgi`, deprecated in Python 3.11.
+    warnings.filterwarnings(
+        "ignore", r"'cgi' is deprecated", DeprecationWarning
+    )
+    # Django 3.1 parses driver versions (psycopg2) with distutils'
+    # LooseVersion, whose setuptools copy warns.
+    warnings.filterwarnings(
+        "ignore", r"distutils Version classes are deprecated", DeprecationWarning
+    )
+
+DATABASES = {"default": _default}
+
+# --- Django -----------------------------------------------------------------
+
+SECRET_KEY = "django-marathon-tests-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "marathon",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tests.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.debug",
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+STATIC_URL = "/static/"
+
+# Django's default logging, stated so tests can rely on it.
+LOGGING = {"version": 1, "disable_existing_loggers": False}
