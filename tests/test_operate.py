@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.db import connection
 
 import marathon
 import tests

@@ -147,7 +147,7 @@ def _counted(db):
     wire = _Wire()
     if db.vendor == "sqlite":
         traced = []
-        db.connection.set_trace_callback(traced.append)
+        db.connection.set_trace_callback(lambda sql: traced.append(sql))  # Python 3.6 needs a hashable callback
         try:
             with db.execute_wrapper(wire):
                 yield wire, server
@@ -315,7 +315,7 @@ def test_one_heartbeat_statement_per_beat_however_many_locks(count):
             return
         connection.execute_wrappers.append(counter)
         if vendor == "sqlite":
-            connection.connection.set_trace_callback(traced.append)
+            connection.connection.set_trace_callback(lambda sql: traced.append(sql))  # Python 3.6 needs a hashable callback
         elif vendor == "postgresql":
             pids.append(_pg_backend_pid(connection.connection))
 
