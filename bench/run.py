@@ -100,7 +100,7 @@ def _table(results):
     add("... counted by", [r["counted_by"] for r in results])
     for count in ("1", "10", "100"):
         add(
-            "Heartbeat, %s lock(s): statements/s, threads" % count,
+            "Heartbeat, %s lock(s): statements/s, threads (heartbeat + session)" % count,
             [
                 "%.1f/s (Django saw %.1f/s), %d" % (h["per_second"], h["wire_per_second"], h["threads"])
                 for h in (r["heartbeat"][count] for r in results)
@@ -396,8 +396,8 @@ class _Counter:
         connection_created.connect(self._on_connect, weak=False)
 
     def _on_connect(self, sender, connection, **kwargs):
-        if not threading.current_thread().name.startswith("marathon-heartbeat"):
-            return
+        if not threading.current_thread().name.startswith("marathon-session"):
+            return  # the heartbeat's statements go through its session thread
         raw = connection.connection
         connection.execute_wrappers.append(self._wire)
         if self.db == "sqlite":
@@ -500,7 +500,8 @@ def _bytes(value):
 
 
 def _heartbeat_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("marathon-heartbeat")]
+    """The heartbeat thread and its session thread."""
+    return [t for t in threading.enumerate() if t.name.startswith("marathon-")]
 
 
 def _wait_heartbeat_threads_gone():
