@@ -302,6 +302,7 @@ def test_deleted_row_is_reported_lost_once(caplog):
             with lock:
                 Lock.objects.filter(name="deleted").delete()
                 wait_for(lambda: lock.lost, timeout=3, what="loss")
+                wait_for(lambda: calls, timeout=3, what="on_lost")  # called just after the flag is set
                 assert not lock.held
                 with pytest.raises(LockLost):
                     lock.check()

@@ -166,7 +166,9 @@ def test_signals_carry_name_owner_and_fence():
         lost = Marathon("lost-one", heartbeat=0.1, stale_after=0.5)
         lost.acquire()
         Lock.objects.filter(name="lost-one").delete()
-        assert lost.lost or _wait_for(lambda: lost.lost)
+        # lock_lost is sent just after the flag is set: wait for the signal itself
+        assert _wait_for(lambda: any(s is marathon.lock_lost for s, _, _, _ in seen))
+        assert lost.lost
     finally:
         for signal in (marathon.lock_acquired, marathon.lock_released, marathon.lock_lost):
             signal.disconnect(record)
