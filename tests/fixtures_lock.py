@@ -194,7 +194,7 @@ def _child(action, *args):
     elif action == "hold-in-atomic":
         # hold-in-atomic NAME READY RELEASE: acquire inside atomic(), then roll back.
         name, ready, release = args
-        lock = Marathon(name, heartbeat=0.1, stale_after=0.5)
+        lock = Marathon(name, heartbeat=0.2, stale_after=2.0)
         try:
             with transaction.atomic():
                 assert lock.acquire()

@@ -36,7 +36,7 @@ def test_readme_example_runs_when_free(capsys):
 
 
 def test_readme_example_is_skipped_while_a_marathon_holds_the_lock(capsys):
-    with Marathon("my-unique-task-lock", heartbeat=0.1, stale_after=0.5) as held:
+    with Marathon("my-unique-task-lock", heartbeat=0.2, stale_after=2.0) as held:
         my_task()
         assert capsys.readouterr().out == "Task is already running, please try again later.\n"
         assert Lock.objects.get(name="my-unique-task-lock").owner == held.owner
@@ -47,9 +47,9 @@ def test_a_lock_made_the_readme_way_blocks_marathon_and_delete_releases_it():
     lock, created = Lock.objects.get_or_create(name="by-hand")
     assert created
     assert Lock.objects.get_or_create(name="by-hand")[1] is False
-    assert Marathon("by-hand", heartbeat=0.1, stale_after=0.5).acquire() is False
+    assert Marathon("by-hand", heartbeat=0.2, stale_after=2.0).acquire() is False
     lock.delete()
-    with Marathon("by-hand", heartbeat=0.1, stale_after=0.5):
+    with Marathon("by-hand", heartbeat=0.2, stale_after=2.0):
         pass
 
 
@@ -62,10 +62,10 @@ def test_single_runner_mixin():
     first, second = Task(), Task()
     assert first.is_locked() is False  # took it
     assert second.is_locked() is True
-    assert Marathon("legacy", heartbeat=0.1, stale_after=0.5).acquire() is False
+    assert Marathon("legacy", heartbeat=0.2, stale_after=2.0).acquire() is False
     first.release_lock()
     assert not Lock.objects.exists()
-    with Marathon("legacy", heartbeat=0.1, stale_after=0.5):
+    with Marathon("legacy", heartbeat=0.2, stale_after=2.0):
         assert Task().is_locked() is True
 
 

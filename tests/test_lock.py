@@ -26,7 +26,7 @@ from tests.fixtures_lock import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST = {"heartbeat": 0.1, "stale_after": 0.5}
+FAST = {"heartbeat": 0.2, "stale_after": 2.0}  # slack for a loaded CI machine
 SQLITE = connection.vendor == "sqlite"
 
 
@@ -39,7 +39,7 @@ def holder(tmp_path):
     """Start a child process that holds a lock until told to release it."""
     children = []
 
-    def start(name, heartbeat=0.1, stale_after=0.5):
+    def start(name, heartbeat=0.2, stale_after=2.0):
         ready, release = str(tmp_path / ("ready-%d" % len(children))), str(tmp_path / ("release-%d" % len(children)))
         child = start_child("hold", name, ready, release, heartbeat, stale_after)
         children.append((child, release))

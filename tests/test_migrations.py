@@ -56,7 +56,7 @@ def test_a_0_1_database_keeps_its_rows_and_they_are_manual_locks(at_0_1):
     assert "no heartbeat" in str(caught.value)
     assert Lock.objects.get(name="old-task").pk == old.pk
     old.delete()  # 0.1's release still works
-    with Marathon("old-task", heartbeat=0.1, stale_after=0.5):
+    with Marathon("old-task", heartbeat=0.2, stale_after=2.0):
         pass
 
 

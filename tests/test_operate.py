@@ -163,7 +163,7 @@ def test_signals_carry_name_owner_and_fence():
     try:
         with Marathon("signalled") as held:
             pass
-        lost = Marathon("lost-one", heartbeat=0.1, stale_after=0.5)
+        lost = Marathon("lost-one", heartbeat=0.2, stale_after=2.0)
         lost.acquire()
         Lock.objects.filter(name="lost-one").delete()
         # lock_lost is sent just after the flag is set: wait for the signal itself
@@ -185,7 +185,7 @@ def test_signals_carry_name_owner_and_fence():
 def test_log_lines_by_level(caplog):
     Lock.objects.create(name="old", owner="web1:42", heartbeat_at="2000-01-01T00:00:00Z")
     with caplog.at_level(logging.DEBUG, logger="marathon"):
-        with Marathon("old", heartbeat=0.1, stale_after=0.5) as held:
+        with Marathon("old", heartbeat=0.2, stale_after=2.0) as held:
             assert _wait_for(lambda: any(r.levelno == logging.DEBUG for r in caplog.records))
     by_level = {}
     for record in caplog.records:
