@@ -724,7 +724,7 @@ class Marathon:
                 time.monotonic() - hold.acquired,
             )
             lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
-        elif not hold.lost:
+        else:
             hold.reason = "its row was deleted or taken over before the release"
         return removed
 
