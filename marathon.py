@@ -12,15 +12,35 @@ Add ``"marathon"`` to ``INSTALLED_APPS`` and migrate, then::
         ...
 
 A lock is one row of the table ``marathon_lock``. While it is held, a thread
-refreshes the row's heartbeat; a row whose heartbeat is older than
-``stale_after`` belonged to a holder that died, and the next acquire takes it
-over. All times come from the database's clock.
+refreshes the row's heartbeat; a row whose heartbeat is older than the
+``stale_after`` its holder stored in it belonged to a holder that died, and the
+next acquire takes it over. All times come from the database's clock.
+
+The sections, in the order they read:
+
+- Defaults, exceptions, settings, lock names, system checks.
+- The model: ``Lock``, one row per held lock.
+- The SQL: each lock operation as the fewest statements each database allows.
+- Connections: which connection runs a lock statement (Django's, one of our
+  own inside the caller's transaction, or the test's inside a TestCase), and a
+  release deferred to the end of the caller's transaction.
+- Holds and the registry: one acquisition's state, and the one mutex that
+  guards every hold of the process; reset in a forked child.
+- The heartbeat: a thread per database that refreshes every hold, its session
+  thread that owns the connection, and the reporter that runs logs, signals
+  and callbacks off the heartbeat's schedule.
+- ``Marathon``: acquire, release, the context manager and the decorator.
+- ``SingleRunnerCommand``, and 0.1's ``SingleRunner``.
+- Operating: states, the admin and ``python -m marathon``.
+- The app config, then the import-system glue that makes this module the app.
 """
 
 # ---- Imports ----
 
+import collections
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import queue
@@ -31,14 +51,19 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 import django
-from django.apps import AppConfig, apps
+from django.apps import AppConfig
+from django.apps import apps as _apps  # private: `marathon.apps` is this module
 from django.conf import settings
 from django.core import checks
 from django.core.management.base import CommandError, OutputWrapper
-from django.db import InterfaceError, OperationalError, connections, models, router
+from django.db import Error, InterfaceError, OperationalError, connections, router, transaction
+from django.db import models as _models  # private: `marathon.models` is this module
+from django.db.models import Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.utils.dateparse import parse_datetime
 
@@ -57,7 +82,7 @@ __all__ = [
     "lock_lost",
     "lock_released",
 ]
-__version__ = "1.0.0"
+__version__ = "1.1.0.dev0"
 
 # ---- Defaults ----
 
@@ -68,7 +93,8 @@ _DEFAULTS = {
 }
 _MAX_NAME_LENGTH = 255
 _POLL_INTERVALS = (0.05, 0.1, 0.2, 0.5, 1.0)  # seconds between attempts while waiting
-_LINGER = 1.0  # seconds an idle heartbeat thread waits for the next lock before it ends
+_LINGER = 1.0  # seconds an idle heartbeat or reporter thread waits for more work before it ends
+_BEAT_CHUNK = 400  # locks per heartbeat UPDATE: two parameters each, below SQLite's old limit of 999
 
 logger = logging.getLogger("marathon")
 
@@ -121,12 +147,25 @@ class LockLost(MarathonError):
         return "Lost the lock %r: %s." % (self.name, self.reason)
 
 
+def _format_time(value):
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is None:
+        return "an unknown time"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC" if value.utcoffset() is None else "%Y-%m-%d %H:%M:%S %Z")
+
+
 # ---- Settings ----
 
 
 def _setting(name):
     """Read a setting when it is used, so that override_settings works."""
     return getattr(settings, name, _DEFAULTS[name])
+
+
+def _alias(using=None):
+    """The database of the locks: `using`, else MARATHON_DATABASE, else the router's."""
+    return using or _setting("MARATHON_DATABASE") or router.db_for_write(_model())
 
 
 def _seconds_error(label, value):
@@ -156,6 +195,9 @@ def _timing_errors(heartbeat, stale_after, heartbeat_label, stale_label):
     return errors
 
 
+# ---- Lock names ----
+
+
 def _check_name(name):
     """Raise ValueError for a name no database can store the same way; before any query."""
     if not isinstance(name, str):
@@ -172,6 +214,18 @@ def _check_name(name):
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("A lock name must be valid Unicode (no lone surrogates); got %r." % (name,))
+
+
+def _check_name_for(connection, name):
+    """MySQL's utf8 (utf8mb3) connections cannot carry characters beyond U+FFFF."""
+    if connection.vendor != "mysql" or all(ord(char) <= 0xFFFF for char in name):
+        return
+    charset = connection.get_connection_params().get("charset", "utf8")  # what Django connects with
+    if charset != "utf8mb4":
+        raise ValueError(
+            "Lock name %r has characters beyond U+FFFF, which database %r cannot carry with "
+            "charset %r: set OPTIONS['charset'] = 'utf8mb4' for it." % (name, connection.alias, charset)
+        )
 
 
 # ---- System checks ----
@@ -202,29 +256,51 @@ def _check_settings(app_configs=None, **kwargs):
 # ---- The model ----
 
 
+class _LockManager(_models.Manager):
+    """Lock.objects uses MARATHON_DATABASE when it is set, so 0.1's get_or_create meets Marathon's rows."""
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        database = _setting("MARATHON_DATABASE")
+        return queryset.using(database) if database else queryset
+
+
 def _model():
     """Define Lock once; Django allows model classes only after INSTALLED_APPS are imported."""
     model = globals().get("Lock")
     if model is not None:
         return model
 
-    class Lock(models.Model):
-        """A held lock: one row per name. 0.1's fields first; later ones come from 0002."""
+    class Lock(_models.Model):
+        """A held lock: one row per name. 0.1's fields first; later ones come from 0002 and 0004."""
 
         __qualname__ = "Lock"  # pickle finds it as marathon.Lock
 
-        id = models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")
-        name = models.CharField(max_length=_MAX_NAME_LENGTH, unique=True)
-        locked_at = models.DateTimeField(auto_now_add=True)
-        heartbeat_at = models.DateTimeField(null=True, blank=True)
-        owner = models.CharField(max_length=255, blank=True, default="")
-        token = models.CharField(max_length=64, blank=True, default="", editable=False)
+        id = _models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")
+        name = _models.CharField(max_length=_MAX_NAME_LENGTH, unique=True)
+        locked_at = _models.DateTimeField(auto_now_add=True)
+        heartbeat_at = _models.DateTimeField(null=True, blank=True)
+        owner = _models.CharField(max_length=255, blank=True, default="")
+        token = _models.CharField(max_length=64, blank=True, default="", editable=False)
+        # The holder's own stale_after: every takeover judges the row by it.
+        # NULL for rows of 1.0.0 holders and rows made by hand.
+        stale_after = _models.FloatField(null=True, blank=True)
+
+        objects = _LockManager()
 
         class Meta:
             app_label = "marathon"
 
         def __str__(self):
             return self.name
+
+        def save(self, *args, **kwargs):
+            kwargs.setdefault("using", _setting("MARATHON_DATABASE"))
+            return super().save(*args, **kwargs)
+
+        def delete(self, *args, **kwargs):
+            kwargs.setdefault("using", _setting("MARATHON_DATABASE"))
+            return super().delete(*args, **kwargs)
 
     globals()["Lock"] = Lock
     return Lock
@@ -234,7 +310,9 @@ def _model():
 # Each operation is the fewest statements the database allows, written so that
 # a holder only ever writes a row that carries its own token. Times are the
 # database's: "now" and a heartbeat's age in seconds (NULL for a lock made by
-# hand, which is never stale).
+# hand, which is never stale). A row is stale when that age exceeds the
+# stale_after its holder stored in it; rows of 1.0.0 holders store none, and
+# are judged by the reader's.
 
 _NOW = {
     "postgresql": "statement_timestamp()",
@@ -246,22 +324,32 @@ _AGE = {  # seconds since {column}
     "sqlite": "(julianday('now') - julianday({column})) * 86400.0",
     "mysql": "TIMESTAMPDIFF(MICROSECOND, {column}, UTC_TIMESTAMP(6)) / 1000000.0",
 }
-_COLUMNS = "(name, locked_at, heartbeat_at, owner, token) VALUES (%s, {now}, {now}, %s, %s)"
-_HOLDER = "id, owner, locked_at, heartbeat_at, {age}"
+_COLUMNS = (
+    "(name, locked_at, heartbeat_at, owner, token, stale_after) VALUES (%s, {now}, {now}, %s, %s, %s)"
+)
+_HOLDER_COLUMNS = "id, owner, locked_at, heartbeat_at, {age}, stale_after, token"
+_STALE = "{age} > COALESCE(stale_after, %s)"
+
+# What an attempt learns of the row that holds the name.
+_Holder = collections.namedtuple("_Holder", "id owner locked_at heartbeat_at age stale_after token")
+# An attempt's outcome: the fence if taken, else the holder (None if it left meanwhile).
+_Outcome = collections.namedtuple("_Outcome", "fence holder")
 
 
 def _sql(template, vendor):
     return template.format(now=_NOW[vendor], age=_AGE[vendor].format(column="heartbeat_at"))
 
 
-# PostgreSQL: one call inserts, or else reports the holder (acquired, id, owner,
-# locked_at, heartbeat_at, age): a function from migration 0003, whose plans
-# PostgreSQL caches per session. No row comes back if the holder left meanwhile.
-_ACQUIRE_POSTGRESQL = "SELECT * FROM marathon_acquire(%s, %s, %s)"
+# PostgreSQL: one call inserts, or else reports the holder; functions from
+# migration 0004, whose plans PostgreSQL caches per session, and which wait at
+# most 2 s for another transaction's row lock (SET lock_timeout).
+_ACQUIRE_POSTGRESQL = "SELECT * FROM marathon_acquire(%s, %s, %s, %s::float8)"
+_RELEASE_POSTGRESQL = "SELECT marathon_release(%s::bigint, %s)"
+_BEAT_POSTGRESQL = "SELECT marathon_beat(%s::bigint[], %s::text[])"
 # SQLite 3.35+: on conflict the no-op update makes RETURNING give the holder's row.
 _ACQUIRE_SQLITE = _sql(
     "INSERT INTO marathon_lock " + _COLUMNS + " ON CONFLICT (name) DO UPDATE SET name = excluded.name "
-    "RETURNING token = %s, " + _HOLDER,
+    "RETURNING token = %s, " + _HOLDER_COLUMNS,
     "sqlite",
 )
 # MySQL/MariaDB, and older SQLite: insert if free; only if not, read the holder.
@@ -270,86 +358,86 @@ _INSERT_IF_FREE = {
     "sqlite": _sql("INSERT OR IGNORE INTO marathon_lock " + _COLUMNS, "sqlite"),
 }
 _SELECT_HOLDER = {
-    vendor: _sql("SELECT " + _HOLDER + " FROM marathon_lock WHERE name = %s", vendor)
+    vendor: _sql("SELECT " + _HOLDER_COLUMNS + " FROM marathon_lock WHERE name = %s", vendor)
     for vendor in _NOW
 }
 _SELECT_STALE = {
-    vendor: _sql("SELECT name, id FROM marathon_lock WHERE {age} > %s ORDER BY name", vendor)
+    vendor: _sql("SELECT name, id FROM marathon_lock WHERE " + _STALE + " ORDER BY name", vendor)
     for vendor in _NOW
 }
 # Takeover deletes the row we found stale only if it is still stale by the
-# database's clock: a holder that beat meanwhile keeps its lock.
+# database's clock and its holder's stale_after: a holder that beat meanwhile
+# keeps its lock.
 _DELETE_STALE = {
-    vendor: _sql("DELETE FROM marathon_lock WHERE id = %s AND {age} > %s", vendor)
-    for vendor in _NOW
+    vendor: _sql("DELETE FROM marathon_lock WHERE id = %s AND " + _STALE, vendor) for vendor in _NOW
 }
 _RELEASE = "DELETE FROM marathon_lock WHERE id = %s AND token = %s"
 
 
 def _beat_sql(vendor, count):
-    """The heartbeat's UPDATE and its follow-up SELECT, for `count` locks."""
+    """The heartbeat's UPDATE and its follow-up SELECT, for `count` locks (not PostgreSQL)."""
     marks = ", ".join(["%s"] * count)
     mine = "id IN (%s) AND token IN (%s)" % (marks, marks)
     update = "UPDATE marathon_lock SET heartbeat_at = %s WHERE %s" % (_NOW[vendor], mine)
     return update, "SELECT id FROM marathon_lock WHERE " + mine
 
 
-def _attempt(cursor, vendor, name, owner, token):
-    """Try once. Return (fence, None) if acquired, else (None, holder row or None)."""
+def _insert_or_read_holder(cursor, name, owner, token, stale_after):
+    """One attempt to take the lock. A row that carries our token is ours: an earlier reply lost."""
+    vendor = cursor.db.vendor
     if vendor == "postgresql":
-        cursor.execute(_ACQUIRE_POSTGRESQL, [name, owner, token])
+        cursor.execute(_ACQUIRE_POSTGRESQL, [name, owner, token, stale_after])
         rows = cursor.fetchall()
-        if rows and rows[0][0]:
-            return rows[0][1], None
-        return None, rows[0][1:] if rows else None
+        if not rows:
+            return _Outcome(None, None)
+        acquired, row = rows[0][0], _Holder(*rows[0][1:], token=None)
+        return _Outcome(row.id, None) if acquired else _Outcome(None, row)
     if vendor == "sqlite" and cursor.db.Database.sqlite_version_info >= (3, 35):
-        cursor.execute(_ACQUIRE_SQLITE, [name, owner, token, token])
+        cursor.execute(_ACQUIRE_SQLITE, [name, owner, token, stale_after, token])
         row = cursor.fetchall()[0]  # fetch all: SQLite commits when the statement ends
-        return (row[1], None) if row[0] else (None, row[1:])
-    cursor.execute(_INSERT_IF_FREE[vendor], [name, owner, token])
+        return _Outcome(row[1], None) if row[0] else _Outcome(None, _Holder(*row[1:]))
+    cursor.execute(_INSERT_IF_FREE[vendor], [name, owner, token, stale_after])
     if cursor.rowcount == 1:
-        return cursor.lastrowid, None
+        return _Outcome(cursor.lastrowid, None)
     cursor.execute(_SELECT_HOLDER[vendor], [name])
     row = cursor.fetchone()
-    return None, row
+    if row is None:
+        return _Outcome(None, None)
+    holder = _Holder(*row)
+    return _Outcome(holder.id, None) if holder.token == token else _Outcome(None, holder)
 
 
-def _on_cursor(alias, operation, *args):
-    """Run operation(cursor, *args) on a cursor whose statements commit at once.
-
-    Outside a transaction that is Django's own connection for this thread. Inside
-    one it is a connection of our own, closed again at once, so that a rollback
-    undoes neither an acquire nor a release. A long task can outlive Django's
-    connection (a server restart, an idle timeout): then the operation runs once
-    more on a new one, so that a release is not lost to a dead session.
-    """
-    connection = connections[alias]
-    if connection.in_atomic_block or not connection.get_autocommit():
-        private = type(connection)(connection.settings_dict, alias)
-        try:
-            with private.cursor() as cursor:
-                return operation(cursor, *args)
-        finally:
-            private.close()
-    try:
-        with connection.cursor() as cursor:
-            return operation(cursor, *args)
-    except (OperationalError, InterfaceError):
-        if connection.is_usable():
-            raise
-        connection.close()
-    with connection.cursor() as cursor:
-        return operation(cursor, *args)
+def _take_or_take_over(cursor, name, owner, token, stale_after):
+    """Insert; if the holder is stale by its own stale_after, delete it and insert again."""
+    vendor = cursor.db.vendor
+    outcome = _Outcome(None, None)
+    for _ in range(3):  # a holder that leaves, or a takeover, earns another attempt
+        outcome = _insert_or_read_holder(cursor, name, owner, token, stale_after)
+        holder = outcome.holder
+        if outcome.fence is not None:
+            return outcome
+        if holder is None:
+            continue  # the holder left between our statements
+        limit = stale_after if holder.stale_after is None else holder.stale_after
+        if holder.age is None or holder.age <= limit:
+            return outcome
+        if _rowcount(cursor, _DELETE_STALE[vendor], [holder.id, stale_after]) == 1:
+            logger.warning(
+                "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s).",
+                name,
+                holder.owner,
+                holder.age,
+                limit,
+            )
+    return outcome
 
 
-def _check_mysql_name(connection, name):
-    """MySQL's utf8 (utf8mb3) connections cannot carry characters beyond U+FFFF."""
-    charset = connection.settings_dict.get("OPTIONS", {}).get("charset", "utf8")
-    if charset != "utf8mb4" and any(ord(char) > 0xFFFF for char in name):
-        raise ValueError(
-            "Lock name %r has characters beyond U+FFFF, which database %r cannot carry: "
-            "set OPTIONS['charset'] = 'utf8mb4' for it." % (name, connection.alias)
-        )
+def _delete_own(cursor, fence, token):
+    """Release: delete the row only if it is still this holder's. True if it was."""
+    if cursor.db.vendor == "postgresql":
+        cursor.execute(_RELEASE_POSTGRESQL, [fence, token])
+        return cursor.fetchone()[0] == 1
+    return _rowcount(cursor, _RELEASE, [fence, token]) == 1
 
 
 def _rowcount(cursor, sql, params):
@@ -357,32 +445,141 @@ def _rowcount(cursor, sql, params):
     return cursor.rowcount
 
 
-def _format_time(value):
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if value is None:
-        return "an unknown time"
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC" if value.utcoffset() is None else "%Y-%m-%d %H:%M:%S %Z")
+def _explained(exc, name, vendor):
+    """The database error `exc` of lock `name`, with what to do about it where we know."""
+    text = str(exc)
+    if vendor == "sqlite" and "locked" in text:
+        advice = (
+            "SQLite lets one connection write at a time, and another one is writing (inside "
+            "transaction.atomic(), marathon's statements run on a connection of their own, which "
+            "waits for yours to end): take the lock before atomic(), or release it only after, or "
+            "use WAL journal mode so that readers do not block it"
+        )
+    elif "lock timeout" in text or "Lock wait timeout" in text:
+        advice = (
+            "another transaction holds the lock's row and has not ended (a Lock row created, "
+            "changed or deleted through the ORM inside transaction.atomic()?): marathon does not "
+            "wait for it"
+        )
+    else:
+        return exc
+    error = OperationalError("Lock %r: %s (%s)." % (name, advice, text))
+    error.__cause__ = exc
+    return error
 
 
-_owners = {}  # pid -> owner: a forked child has its own
+# ---- Connections ----
+# A lock statement commits at once, whatever the caller's transaction does:
+#
+# - In autocommit it runs on Django's connection of this thread, which it
+#   leaves as it found it: opened for the statement and closed again if it was
+#   closed, so that a process that forks after taking a lock gives its
+#   children no open connection to share.
+# - Inside the caller's transaction it runs on a connection of our own,
+#   closed again at once. A release there waits for the outermost transaction
+#   to end, so that the next holder sees what this one wrote.
+# - Inside a django.test.TestCase it runs in the test's own transaction,
+#   which rolls it back with everything else the test wrote.
 
 
-def _owner():
-    """host:pid, for people."""
-    pid = os.getpid()
-    if pid not in _owners:
-        _owners[pid] = ("%s:%d" % (socket.gethostname(), pid))[-255:]
-    return _owners[pid]
+def _in_testcase(connection):
+    """True inside the transaction of a django.test.TestCase (marked by Django 3.2+)."""
+    if not connection.in_atomic_block:
+        return False
+    blocks = getattr(connection, "atomic_blocks", None)
+    if blocks is not None:  # Django 4.1+
+        return any(getattr(block, "_from_testcase", False) for block in blocks)
+    return getattr(transaction.Atomic, "_ensure_durability", True) is False  # Django 3.2
 
 
-# ---- The heartbeat ----
+def _in_transaction(connection):
+    return connection.in_atomic_block or (connection.connection is not None and not connection.get_autocommit())
+
+
+def _run(alias, operation, *args):
+    """Run operation(cursor, *args) where it commits at once (see above)."""
+    connection = connections[alias]
+    if _in_testcase(connection):
+        with transaction.atomic(using=alias), connection.cursor() as cursor:
+            return operation(cursor, *args)
+    if _in_transaction(connection):
+        private = type(connection)(connection.settings_dict, alias)
+        try:
+            with private.cursor() as cursor:
+                return operation(cursor, *args)
+        finally:
+            private.close()
+    opened = connection.connection is None
+    try:
+        try:
+            with connection.cursor() as cursor:
+                return operation(cursor, *args)
+        except (OperationalError, InterfaceError):
+            # A long task can outlive Django's connection (a server restart, an
+            # idle timeout): then the operation runs once more on a new one.
+            if opened or connection.is_usable():
+                raise
+            with contextlib.suppress(Error):
+                connection.close()  # a dead connection may fail to close; it is closed all the same
+            opened = True
+        with connection.cursor() as cursor:
+            return operation(cursor, *args)
+    finally:
+        if opened:
+            connection.close()
+
+
+def _at_transaction_end(connection, release):
+    """Call release() once, when the caller's outermost transaction ends, by commit or by rollback.
+
+    on_commit() covers a commit. A rollback makes Django discard its on_commit
+    callbacks, and with them the only reference to ours, whose finalizer then
+    releases. A rollback to a savepoint discards them too while the
+    transaction goes on: then it waits again for the outermost end.
+    """
+    pending = [release]
+
+    def at_commit():
+        pending.pop()()
+
+    def discarded():
+        if not pending:
+            return
+        if connection.in_atomic_block and not connection.closed_in_transaction:
+            _at_transaction_end(connection, pending.pop())
+        else:
+            pending.pop()()
+
+    weakref.finalize(at_commit, discarded).atexit = False
+    connection.on_commit(at_commit)
+
+
+# ---- Test seams ----
+# Tests set _hook to a callable(point, **facts) to stop a thread at a named
+# point, so that an interleaving they fear is forced rather than hoped for.
+# Points: "acquire.taken" (the row is ours, nothing registered yet),
+# "heartbeat.start" (a heartbeat thread is about to start),
+# "heartbeat.beat" (on the heartbeat thread, with its snapshot of holds),
+# "heartbeat.idle" (on the heartbeat thread, about to decide whether to end).
+
+_hook = None
+
+
+def _at(point, **facts):
+    hook = _hook
+    if hook is not None:
+        hook(point, **facts)
+
+
+# ---- Holds and the registry ----
+
+_HELD, _DEFERRED, _RELEASED, _LOST = "held", "release deferred", "released", "lost"
 
 
 class _Hold:
-    """One acquisition of a lock: what the heartbeat refreshes and reports on."""
+    """One acquisition of a lock. Its state is written only by the registry, under its mutex."""
 
-    def __init__(self, marathon, alias, fence, token, owner, interval, stale_after):
+    def __init__(self, marathon, alias, fence, token, owner, interval, stale_after, confirmed, beaten):
         self.marathon = marathon
         self.alias = alias
         self.fence = fence
@@ -390,141 +587,239 @@ class _Hold:
         self.owner = owner
         self.interval = interval
         self.stale_after = stale_after
-        self.acquired = self.confirmed = time.monotonic()
-        self.released = self.lost = False  # each set once, under _Heartbeat._mutex
-        self.reason = None
+        self.acquired = self.confirmed = confirmed  # monotonic time the acquire was sent
+        self.due = confirmed + interval  # when the next beat is due
+        self.beaten = beaten  # False inside a TestCase: its row is invisible to the heartbeat
+        self.pid = os.getpid()  # a forked child inherits the object, not the lock
+        self.state = _HELD
+        self.reason = None  # why it was lost
 
-    def lose(self, reason):
-        """Report the loss once: flag, log, signal, callback. Never raises."""
-        with _Heartbeat._mutex:
-            if self.released or self.lost:
+    @property
+    def deadline(self):
+        """Lost unless confirmed by then: before anyone can take it over, with half an interval to spare."""
+        return self.confirmed + self.stale_after - self.interval / 2
+
+    def mine(self):
+        return self.pid == os.getpid()
+
+
+class _Registry:
+    """Every hold of this process, the threads that serve them, and the one mutex that guards both.
+
+    A hold is registered with the heartbeat thread of its database. A thread
+    that ends, or died, is replaced by the code that registers work with it,
+    never trusted because it was started once. A forked child gets a new,
+    empty registry (see _forget_parent).
+    """
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.mutex = threading.Lock()
+        self.heartbeats = {}  # alias -> _Heartbeat
+        self.reporter = None  # the _Reporter thread, while it runs
+
+    def register(self, hold):
+        """Have hold beaten; starts a heartbeat thread if its database has none that will."""
+        with self.mutex:
+            heartbeat = self.heartbeats.get(hold.alias)
+            if heartbeat is None or heartbeat.ending or not heartbeat.is_alive():
+                heartbeat = self._start_heartbeat(hold.alias, heartbeat)
+            heartbeat.holds[hold.token] = hold
+            heartbeat.idle_since = None
+            if hold.due < heartbeat.until:
+                heartbeat.wake.set()  # it would sleep through this hold's first beat
+
+    def _start_heartbeat(self, alias, previous):
+        """A new heartbeat thread for alias, adopting the holds of one that died. Under the mutex."""
+        heartbeat = _Heartbeat(self, alias)
+        _at("heartbeat.start", alias=alias)
+        heartbeat.start()  # under the mutex: start() returns before run() takes it
+        if previous is not None and not previous.ending:
+            heartbeat.holds.update(previous.holds)  # it died: they must not go unbeaten
+            previous.holds.clear()
+        self.heartbeats[alias] = heartbeat
+        return heartbeat
+
+    def unregister(self, hold, state):
+        """Move hold to _DEFERRED (still beaten) or _RELEASED; False if that is no longer its move."""
+        with self.mutex:
+            if not (hold.state == _HELD or (hold.state == _DEFERRED and state == _RELEASED)):
+                return False
+            hold.state = state
+            if state != _DEFERRED:
+                self._forget(hold)
+            return True
+
+    def lose(self, hold, reason):
+        """Report hold lost, once; a hold released meanwhile is not. Never runs user code itself."""
+        with self.mutex:
+            if hold.state not in (_HELD, _DEFERRED):
                 return
-            self.reason = reason
-            self.lost = True
-        _Heartbeat.unregister(self)
-        marathon = self.marathon
-        logger.error("Lost the lock %r (fence %s, owner %s): %s.", marathon.name, self.fence, self.owner, reason)
-        try:
-            lock_lost.send(Marathon, name=marathon.name, owner=self.owner, fence=self.fence)
-            if marathon.on_lost is not None:
-                marathon.on_lost(marathon)
-        except Exception:
-            logger.exception("The lock_lost handler or on_lost callback of %r failed.", marathon.name)
+            hold.state = _LOST
+            hold.reason = reason
+            self._forget(hold)
+            self._report(functools.partial(_report_loss, hold))
+
+    def report(self, job):
+        with self.mutex:
+            self._report(job)
+
+    def _forget(self, hold):
+        heartbeat = self.heartbeats.get(hold.alias)
+        if heartbeat is not None and heartbeat.holds.pop(hold.token, None) is not None and not heartbeat.holds:
+            heartbeat.idle_since = time.monotonic()
+            heartbeat.wake.set()  # idle: end its session now, linger from now
+
+    def _report(self, job):
+        """Queue job for the reporter thread, starting one if none runs. Under the mutex."""
+        if self.reporter is None or not self.reporter.is_alive():
+            reporter = _Reporter(self)
+            reporter.start()
+            self.reporter = reporter
+        self.reporter.jobs.put(job)
+
+
+_registry = _Registry()
+
+
+def _forget_parent():
+    """In a forked child: a new registry. The parent's threads did not come along, and its
+    mutex may have been held at the fork; its holds are the parent's (see _Hold.mine)."""
+    global _registry
+    _registry = _Registry()
+
+
+if hasattr(os, "register_at_fork"):  # Python 3.7+
+    os.register_at_fork(after_in_child=_forget_parent)
+
+
+def _registry_here():
+    """The registry of this process (Python 3.6 has no register_at_fork: notice the fork here)."""
+    registry = _registry
+    if registry.pid != os.getpid():
+        _forget_parent()
+        registry = _registry
+    return registry
+
+
+# ---- The heartbeat ----
 
 
 class _Heartbeat(threading.Thread):
-    """One thread per process and database: refreshes all the locks it holds there.
+    """One thread per process and database: refreshes all the holds registered with it.
 
-    Every due beat is one UPDATE for all of them, sent by its _Session. A lock
-    whose row is gone is reported lost; a database that fails or does not
-    answer is retried until a lock would have gone stale, then that lock is
-    reported lost. With no lock left the thread lingers briefly for the next
-    acquire, then ends, and so does its session.
+    Every due beat is one UPDATE for all of them, sent by its _Session. A hold
+    whose row is gone is lost; a database that fails or does not answer is
+    retried every quarter interval until a hold's deadline, and then that hold
+    is lost. It does nothing else: logs, signals and callbacks go to the
+    reporter. With no hold left it ends its session at once, lingers briefly
+    for the next acquire, then ends.
     """
 
-    _threads = {}  # alias -> _Heartbeat of this process
-    _mutex = threading.Lock()
-
-    def __init__(self, alias):
+    def __init__(self, registry, alias):
         super().__init__(name="marathon-heartbeat-%s" % alias, daemon=True)
+        self.registry = registry
         self.alias = alias
-        self.pid = os.getpid()
-        self.holds = {}  # token -> _Hold; guarded by _mutex
-        self.due = float("inf")  # monotonic time of the next beat
-        self.until = float("inf")  # when the thread's current sleep ends
-        self.idle_since = None  # since when it has held no lock
+        self.holds = {}  # token -> _Hold; guarded by registry.mutex
+        self.until = float("inf")  # when the current sleep ends; guarded by registry.mutex
+        self.idle_since = None  # since when it has had no hold; guarded by registry.mutex
+        self.ending = False  # set under registry.mutex; register() then starts another
         self.wake = threading.Event()
-        self.session = None
-
-    @classmethod
-    def register(cls, hold):
-        with cls._mutex:
-            thread = cls._threads.get(hold.alias)
-            start = thread is None or thread.pid != os.getpid()  # a forked child starts its own
-            if start:
-                thread = cls._threads[hold.alias] = cls(hold.alias)
-            thread.holds[hold.token] = hold
-            thread.idle_since = None
-            thread.due = min(thread.due, hold.acquired + hold.interval)
-            wake = thread.due < thread.until  # only if it would sleep through this beat
-        if start:
-            thread.start()
-        elif wake:
-            thread.wake.set()
-
-    @classmethod
-    def unregister(cls, hold, released=False):
-        with cls._mutex:
-            hold.released = hold.released or released
-            thread = cls._threads.get(hold.alias)
-            if thread is None or thread.holds.pop(hold.token, None) is None:
-                return
-            if not thread.holds:
-                thread.idle_since = time.monotonic()
-                if thread.until > thread.idle_since + _LINGER:
-                    thread.wake.set()  # linger from now, not from the next beat
+        self.session = None  # this thread's own
 
     def run(self):
         try:
-            while self._wait():
-                self._beat()
+            while True:
+                holds = self._wait()
+                if holds is None:
+                    return
+                _at("heartbeat.beat", holds=holds)
+                try:
+                    self._beat(holds)
+                except Exception:  # never let a surprise stop the beats of every other lock
+                    self.registry.report(functools.partial(logger.exception, "The heartbeat on %r failed.", self.alias))
         finally:
-            if self.session is not None:
-                self.session.jobs.put(None)
+            self._end_session()
+            with self.registry.mutex:
+                if self.holds and self.registry.heartbeats.get(self.alias) is self:
+                    # It died with holds: they get a thread of their own now, or,
+                    # if none can start, from the next register().
+                    with contextlib.suppress(RuntimeError):
+                        self.registry._start_heartbeat(self.alias, self)
 
     def _wait(self):
-        """Sleep until the next beat is due; False once it has lingered with no lock."""
+        """Sleep until a beat is due; return a snapshot of the holds, or None once it has lingered idle."""
+        idle = False
         while True:
-            with self._mutex:
+            if idle:
+                self._end_session()
+                _at("heartbeat.idle", alias=self.alias)
+            with self.registry.mutex:
                 now = time.monotonic()
-                if self.holds:
-                    if self.due <= now:
-                        return True
-                    self.until = self.due
+                idle = not self.holds
+                if not idle:
+                    due = min(hold.due for hold in self.holds.values())
+                    if due <= now:
+                        self.until = float("inf")
+                        return list(self.holds.values())
+                    self.until = due
                 else:
                     self.idle_since = now if self.idle_since is None else self.idle_since
                     if now - self.idle_since >= _LINGER:
-                        del self._threads[self.alias]
-                        return False
-                    self.due = float("inf")
+                        self.ending = True
+                        if self.registry.heartbeats.get(self.alias) is self:
+                            del self.registry.heartbeats[self.alias]
+                        return None
                     self.until = self.idle_since + _LINGER
-            self.wake.wait(self.until - now)  # state is read again after every wake
-            self.wake.clear()
+            self.wake.wait(self.until - now)
+            self.wake.clear()  # state is read again after every wake, under the mutex
 
-    def _beat(self):
-        with self._mutex:
-            holds = list(self.holds.values())
-        started = time.monotonic()
+    def _beat(self, holds):
+        sent = time.monotonic()
+        for hold in holds:
+            if sent >= hold.deadline:
+                self.registry.lose(hold, "the database could not be reached for %.1f s" % (sent - hold.confirmed))
+        holds = [hold for hold in holds if sent < hold.deadline]
+        if not holds:
+            return
         if self.session is None:
             self.session = _Session(self.alias)
             self.session.start()
         answer = queue.Queue()
         self.session.jobs.put((holds, answer))
-        try:  # wait no longer than the first of these locks stays fresh
-            alive, error = answer.get(timeout=max(min(h.confirmed + h.stale_after for h in holds) - started, 0.1))
+        first_deadline = min(hold.deadline for hold in holds)
+        try:  # wait no longer than the first of these holds may go unconfirmed
+            alive, error = answer.get(timeout=max(first_deadline - sent, 0.001))
         except queue.Empty:
             alive, error = None, "the database did not answer"
-            self.session.jobs.put(None)  # it ends if its query ever returns
-            self.session = None
+            self._end_session()  # a stuck session ends if its query ever returns
+        now = time.monotonic()
+        for hold in holds:
+            if error is None and hold.fence in alive:
+                hold.confirmed, hold.due = sent, sent + hold.interval
+            elif error is None:
+                self.registry.lose(hold, "its row was deleted or taken over")
+            elif now >= hold.deadline:
+                self.registry.lose(hold, "the database could not be reached for %.1f s" % (now - hold.confirmed))
+            else:
+                hold.due = min(now + hold.interval / 4, hold.deadline)  # retry soon
         if error is not None:
-            logger.warning("Heartbeat for %d lock(s) on %r failed: %s", len(holds), self.alias, error)
-            now = time.monotonic()
-            for hold in holds:
-                if now - hold.confirmed > hold.stale_after:
-                    hold.lose("the database could not be reached for %.1f s" % (now - hold.confirmed))
-            retry = 4  # soon
-        else:
-            for hold in holds:
-                if hold.fence in alive:
-                    hold.confirmed = started
-                else:
-                    hold.lose("its row was deleted or taken over")
-            retry = 1
-            logger.debug("Heartbeat refreshed %d of %d lock(s) on %r.", len(alive), len(holds), self.alias)
-        with self._mutex:  # locks taken during the beat count too
-            intervals = [hold.interval for hold in self.holds.values()]
-            self.due = started + min(intervals) / retry if intervals else float("inf")
+            self.registry.report(
+                functools.partial(
+                    logger.warning, "Heartbeat for %d lock(s) on %r failed: %s", len(holds), self.alias, error
+                )
+            )
+        elif logger.isEnabledFor(logging.DEBUG):
+            self.registry.report(
+                functools.partial(
+                    logger.debug, "Heartbeat refreshed %d of %d lock(s) on %r.", len(alive), len(holds), self.alias
+                )
+            )
 
+    def _end_session(self):
+        if self.session is not None:
+            self.session.jobs.put(None)
+            self.session = None
 
 
 class _Session(threading.Thread):
@@ -532,7 +827,7 @@ class _Session(threading.Thread):
 
     A database that stops answering can block a query for as long as the
     socket stays open. The heartbeat must still report the loss in time, so it
-    waits for its session only until a lock would go stale, and then leaves a
+    waits for its session only until a hold's deadline, and then leaves a
     stuck session behind (a daemon thread) and starts another.
     """
 
@@ -552,24 +847,72 @@ class _Session(threading.Thread):
             connections[self.alias].close()
 
     def _refresh(self, holds):
-        """One UPDATE for every lock; a SELECT only if some row is gone. Reconnects once."""
+        """The fences whose rows it refreshed. Reconnects once."""
         connection = connections[self.alias]
-        update, select = _beat_sql(connection.vendor, len(holds))
-        params = [hold.fence for hold in holds] + [hold.token for hold in holds]
         for attempt in (1, 2):
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute(update, params)
-                    if cursor.rowcount == len(holds):
-                        return {hold.fence for hold in holds}
-                    cursor.execute(select, params)
-                    return {row[0] for row in cursor.fetchall()}
+                    if connection.vendor == "postgresql":
+                        cursor.execute(_BEAT_POSTGRESQL, [[h.fence for h in holds], [h.token for h in holds]])
+                        return {row[0] for row in cursor.fetchall()}
+                    alive = set()
+                    for start in range(0, len(holds), _BEAT_CHUNK):
+                        alive |= self._refresh_chunk(cursor, holds[start : start + _BEAT_CHUNK])
+                    return alive
             except Exception:
                 with contextlib.suppress(Exception):
                     connection.close()  # a dropped session: the next cursor reconnects
                 if attempt == 2:
                     raise
 
+    @staticmethod
+    def _refresh_chunk(cursor, holds):
+        """One UPDATE; a SELECT only if some row is gone."""
+        update, select = _beat_sql(cursor.db.vendor, len(holds))
+        params = [hold.fence for hold in holds] + [hold.token for hold in holds]
+        cursor.execute(update, params)
+        if cursor.rowcount == len(holds):
+            return {hold.fence for hold in holds}
+        cursor.execute(select, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+class _Reporter(threading.Thread):
+    """Runs what the heartbeat has to say (logs, lock_lost, on_lost), so that no slow
+    handler delays a beat. It ends after lingering with nothing to do."""
+
+    def __init__(self, registry):
+        super().__init__(name="marathon-reporter", daemon=True)
+        self.registry = registry
+        self.jobs = queue.Queue()
+
+    def run(self):
+        while True:
+            try:
+                job = self.jobs.get(timeout=_LINGER)
+            except queue.Empty:
+                with self.registry.mutex:
+                    if self.jobs.empty():
+                        self.registry.reporter = None
+                        return
+                continue
+            try:
+                job()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    logger.exception("A marathon report failed.")
+
+
+def _report_loss(hold):
+    """Log, signal and call back, on the reporter thread. Never raises."""
+    marathon = hold.marathon
+    logger.error("Lost the lock %r (fence %s, owner %s): %s.", marathon.name, hold.fence, hold.owner, hold.reason)
+    try:
+        lock_lost.send(Marathon, name=marathon.name, owner=hold.owner, fence=hold.fence)
+        if marathon.on_lost is not None:
+            marathon.on_lost(marathon)
+    except Exception:
+        logger.exception("The lock_lost handler or on_lost callback of %r failed.", marathon.name)
 
 # ---- Marathon ----
 
@@ -581,7 +924,7 @@ class Marathon:
     ``heartbeat``/``stale_after``: seconds; None reads MARATHON_HEARTBEAT and
     MARATHON_STALE_AFTER. ``using``: the database alias; None reads
     MARATHON_DATABASE, else the router's write database for Lock. ``on_lost``:
-    called with this Marathon, from the heartbeat thread, if the lock is lost.
+    called with this Marathon, from marathon's reporter thread, if the lock is lost.
     """
 
     def __init__(self, name, *, wait=0, heartbeat=None, stale_after=None, using=None, on_lost=None):
@@ -601,8 +944,7 @@ class Marathon:
         self.stale_after = stale_after
         self.using = using
         self.on_lost = on_lost
-        self._hold = None
-        self._holder = None
+        self._hold = None  # the current acquisition
 
     def __repr__(self):
         return "<Marathon %r %s>" % (self.name, "held" if self.held else "not held")
@@ -620,12 +962,12 @@ class Marathon:
     def held(self):
         """True from a successful acquire until release, or until the lock is lost."""
         hold = self._hold
-        return hold is not None and not hold.released and not hold.lost
+        return hold is not None and hold.state == _HELD and hold.mine()
 
     @property
     def lost(self):
-        """True once the heartbeat found this holder's row deleted or taken over."""
-        return self._hold is not None and self._hold.lost
+        """True once the heartbeat found this holder's row deleted or taken over, or could not confirm it in time."""
+        return self._hold is not None and self._hold.state == _LOST
 
     @property
     def fence(self):
@@ -645,76 +987,82 @@ class Marathon:
 
     def acquire(self, wait=None):
         """Take the lock; True if taken, False if another holder kept it for `wait` seconds."""
+        return self._acquire(wait).fence is not None
+
+    def _acquire(self, wait):
+        """Take the lock, or find who holds it: the last attempt's _Outcome."""
         if self.held:
             raise MarathonError("%r is already held by this Marathon object; use one per holder." % self)
         heartbeat, stale_after = self._timing(
             _setting("MARATHON_HEARTBEAT") if self.heartbeat is None else self.heartbeat,
             _setting("MARATHON_STALE_AFTER") if self.stale_after is None else self.stale_after,
         )
-        alias = self.using or _setting("MARATHON_DATABASE") or router.db_for_write(_model())
-        vendor = connections[alias].vendor
-        if vendor not in _NOW:
-            raise MarathonError("Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r." % vendor)
-        if vendor == "mysql":
-            _check_mysql_name(connections[alias], self.name)
+        alias = _alias(self.using)
+        connection = connections[alias]
+        if connection.vendor not in _NOW:
+            raise MarathonError("Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r." % connection.vendor)
+        _check_name_for(connection, self.name)
         owner, token = _owner(), secrets.token_hex(16)
         deadline = time.monotonic() + (self.wait if wait is None else wait)
         for pause in _pauses():
-            fence = self._try(alias, vendor, owner, token, stale_after)
-            if fence is not None:
+            sent = time.monotonic()
+            try:
+                outcome = _run(alias, _take_or_take_over, self.name, owner, token, stale_after)
+                busy = None
+            except OperationalError as exc:
+                if connection.vendor != "sqlite" or "locked" not in str(exc):
+                    raise _explained(exc, self.name, connection.vendor) from exc
+                # SQLite has one writer at a time and its busy timeout ran out:
+                # retried until `wait` runs out, then raised, never taken for a holder.
+                outcome, busy = _Outcome(None, None), exc
+            if outcome.fence is not None:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return False
+                if busy is not None:
+                    raise _explained(busy, self.name, "sqlite") from busy
+                return outcome
             _sleep(min(pause, remaining))
-        self._hold = hold = _Hold(self, alias, fence, token, owner, heartbeat, stale_after)
-        _Heartbeat.register(hold)
-        logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, fence, owner)
-        lock_acquired.send(Marathon, name=self.name, owner=owner, fence=fence)
-        return True
-
-    def _try(self, alias, vendor, owner, token, stale_after):
-        """One round: insert, or take over a stale holder and insert. Returns the fence or None."""
-        try:
-            return _on_cursor(alias, self._attempts, vendor, owner, token, stale_after)
-        except OperationalError as exc:
-            if vendor != "sqlite" or "locked" not in str(exc):
-                raise
-            # SQLite has one writer at a time; its busy timeout ran out. Like a
-            # held lock, that is retried until `wait` runs out.
-            self._holder = None
-            return None
-
-    def _attempts(self, cursor, vendor, owner, token, stale_after):
-        for _ in range(3):  # a holder that leaves, or a takeover, earns another attempt
-            fence, holder = _attempt(cursor, vendor, self.name, owner, token)
-            self._holder = holder
-            if fence is not None:
-                return fence
-            if holder is None:
-                continue  # the holder left between our statements
-            stale_id, stale_owner, _, _, age = holder
-            if age is None or age <= stale_after:
-                return None
-            if _rowcount(cursor, _DELETE_STALE[vendor], [stale_id, stale_after]) == 1:
-                logger.warning(
-                    "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s).",
-                    self.name,
-                    stale_owner,
-                    age,
-                    stale_after,
-                )
-        return None
+        beaten = not _in_testcase(connection)
+        hold = _Hold(self, alias, outcome.fence, token, owner, heartbeat, stale_after, sent, beaten)
+        try:  # from here on the row is ours: nothing may leave it behind
+            _at("acquire.taken", name=self.name, fence=hold.fence)
+            self._hold = hold
+            if beaten:
+                _registry_here().register(hold)
+            logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, hold.fence, owner)
+            lock_acquired.send(Marathon, name=self.name, owner=owner, fence=hold.fence)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to see
+                self._release_now(hold)
+            raise
+        return outcome
 
     def release(self):
-        """Delete this holder's row. True if it was still ours, False if the lock had been lost."""
+        """Delete this holder's row. True if it was still ours, False if the lock had been lost.
+
+        Inside the caller's transaction the row is deleted when the outermost
+        transaction ends, by commit or by rollback; True then means it was
+        still ours when release() was called.
+        """
         hold = self._hold
-        if hold is None or hold.released:
-            return False
-        _Heartbeat.unregister(hold, released=True)
-        if hold.lost:
-            return False  # its row is another holder's now, or ours but stale: not ours to touch
-        removed = _on_cursor(hold.alias, _rowcount, _RELEASE, [hold.fence, hold.token]) == 1
+        if hold is None or not hold.mine():
+            return False  # never acquired, or acquired by the parent of this forked process
+        connection = connections[hold.alias]
+        if hold.beaten and connection.in_atomic_block and not _in_testcase(connection):
+            if not _registry_here().unregister(hold, _DEFERRED):
+                return False
+            _at_transaction_end(connection, functools.partial(self._release_logged, hold))
+            return True
+        return self._release_now(hold)
+
+    def _release_now(self, hold):
+        if not _registry_here().unregister(hold, _RELEASED):
+            return False  # lost: its row is another holder's now, or ours but stale; not ours to touch
+        try:
+            removed = _run(hold.alias, _delete_own, hold.fence, hold.token)
+        except OperationalError as exc:
+            raise _explained(exc, self.name, connections[hold.alias].vendor) from exc
         if removed:
             logger.info(
                 "Released the lock %r (fence %s, owner %s) after %.3f s.",
@@ -724,29 +1072,38 @@ class Marathon:
                 time.monotonic() - hold.acquired,
             )
             lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
-        else:
-            hold.reason = "its row was deleted or taken over before the release"
         return removed
 
-    def _already_running(self):
-        holder = self._holder
-        if holder is None:
-            return AlreadyRunning(self.name)
-        return AlreadyRunning(self.name, holder[1], holder[2], holder[3])
+    def _release_logged(self, hold):
+        """A release deferred to the end of a transaction: there, an error can only be logged."""
+        try:
+            if not self._release_now(hold) and hold.state != _LOST:
+                logger.error("Released the lock %r at the end of a transaction, but its row was gone.", self.name)
+        except Exception:
+            logger.exception("Could not release the lock %r at the end of a transaction; it goes stale.", self.name)
 
     # -- context manager and decorator --
 
     def __enter__(self):
-        if not self.acquire():
-            raise self._already_running()
+        outcome = self._acquire(None)
+        if outcome.fence is None:
+            raise _already_running(self.name, outcome.holder)
         return self
 
     def __exit__(self, exc_type, exc, traceback):
+        hold = self._hold
+        if hold.state in (_RELEASED, _DEFERRED) and hold.mine():
+            return  # released inside the block
         if not self.release() and exc_type is None:
-            raise LockLost(self.name, self._hold.reason)
+            raise LockLost(self.name, hold.reason or "its row was deleted or taken over before the release")
 
     def __call__(self, func):
         """Decorate `func`: every call holds the lock; a fresh Marathon per call, so threads may share it."""
+        if inspect.iscoroutinefunction(func):
+            raise TypeError(
+                "Marathon cannot decorate the coroutine function %r yet: the lock would be held only while "
+                "the coroutine is created, not while it runs." % (func.__qualname__,)
+            )
 
         @functools.wraps(func)
         def run_alone(*args, **kwargs):
@@ -763,6 +1120,12 @@ class Marathon:
         return run_alone
 
 
+def _already_running(name, holder):
+    if holder is None:
+        return AlreadyRunning(name)
+    return AlreadyRunning(name, holder.owner, holder.locked_at, holder.heartbeat_at)
+
+
 def _pauses():
     """Pauses between attempts: quick at first, then at most a second, with jitter."""
     for pause in _POLL_INTERVALS:
@@ -773,6 +1136,16 @@ def _pauses():
 
 # Event.wait, not time.sleep: it keeps working under libfaketime on Python 3.11+.
 _sleep = threading.Event().wait
+
+_owners = {}  # pid -> owner: a forked child has its own
+
+
+def _owner():
+    """host:pid, for people."""
+    pid = os.getpid()
+    if pid not in _owners:
+        _owners[pid] = ("%s:%d" % (socket.gethostname(), pid))[-255:]
+    return _owners[pid]
 
 
 # ---- SingleRunnerCommand ----
@@ -789,28 +1162,27 @@ class SingleRunnerCommand:
     lock_name = None
     lock_wait = 0
     lock_held_exit_code = 0
+    lock = None  # the Marathon that this run holds, while it runs
 
     def get_lock_name(self, *args, **options):
         return self.lock_name or self.__module__.rpartition(".")[2]
 
     def execute(self, *args, **options):
         lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait)
-        if not lock.acquire():
-            message = "%s Skipped this run." % lock._already_running()
+        outcome = lock._acquire(None)
+        if outcome.fence is None:
+            message = "%s Skipped this run." % _already_running(lock.name, outcome.holder)
             if self.lock_held_exit_code:
                 raise CommandError(message, returncode=self.lock_held_exit_code)
             if options.get("stderr"):  # as BaseCommand.execute() would have set it
                 self.stderr = OutputWrapper(options["stderr"])
             self.stderr.write(message)
             return None
-        try:
-            with _exit_on_signals():
-                result = super().execute(*args, **options)
-        except BaseException:
-            lock.__exit__(*sys.exc_info())  # releases; the exception goes on
-            raise
-        lock.__exit__(None, None, None)  # releases, or raises LockLost
-        return result
+        self.lock = lock  # handle() may call self.lock.check() and use self.lock.fence
+        with contextlib.ExitStack() as stack:
+            stack.push(lock)  # taken above; on the way out it releases, or raises LockLost
+            stack.enter_context(_exit_on_signals())
+            return super().execute(*args, **options)
 
     def handle(self, *args, **options):
         """0.1's style: commands that define run_task() instead of handle()."""
@@ -866,9 +1238,11 @@ def _with_state(queryset, vendor):
 
 
 def _state(lock, stale_after):
+    """running, stale or manual; judged by the holder's stored stale_after, else by `stale_after`."""
     if lock.heartbeat_age is None:
         return "manual"
-    return "stale" if lock.heartbeat_age > stale_after else "running"
+    limit = stale_after if lock.stale_after is None else lock.stale_after
+    return "stale" if lock.heartbeat_age > limit else "running"
 
 
 def _release_stale(cursor, stale_after):
@@ -892,10 +1266,10 @@ def _register_admin(site):
             return [("running", "running"), ("stale", "stale"), ("manual", "manual (no heartbeat)")]
 
         def queryset(self, request, queryset):
-            stale_after = _setting("MARATHON_STALE_AFTER")
+            limit = Coalesce("stale_after", Value(float(_setting("MARATHON_STALE_AFTER"))))
             return {
-                "running": lambda: queryset.filter(heartbeat_age__lte=stale_after),
-                "stale": lambda: queryset.filter(heartbeat_age__gt=stale_after),
+                "running": lambda: queryset.filter(heartbeat_age__lte=limit),
+                "stale": lambda: queryset.filter(heartbeat_age__gt=limit),
                 "manual": lambda: queryset.filter(heartbeat_at__isnull=True),
             }.get(self.value(), lambda: queryset)()
 
@@ -945,11 +1319,11 @@ def _main(argv):
         print(_USAGE, file=sys.stderr)
         return 2
     django.setup()
-    alias = alias or _setting("MARATHON_DATABASE") or router.db_for_write(_model())
+    alias = _alias(alias)
     stale_after = _setting("MARATHON_STALE_AFTER")
     if args[0] == "release":
         if args[1:] == ["--stale"]:
-            names = _on_cursor(alias, _release_stale, stale_after)
+            names = _run(alias, _release_stale, stale_after)
         else:
             names = [name for name in args[1:] if _model().objects.using(alias).filter(name=name).delete()[0]]
         print("Released %d lock(s)%s" % (len(names), ": " + ", ".join(names) if names else "."))
@@ -988,7 +1362,7 @@ class MarathonConfig(AppConfig):
 
     def ready(self):
         checks.register(_check_settings)
-        if apps.is_installed("django.contrib.admin"):
+        if _apps.is_installed("django.contrib.admin"):
             from django.contrib import admin
 
             _register_admin(admin.site)

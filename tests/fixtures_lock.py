@@ -164,7 +164,7 @@ def _child(action, *args):
     django.setup()
     from django.db import connection, transaction
 
-    from marathon import Marathon
+    from marathon import AlreadyRunning, Marathon
 
     if action == "hold":
         # hold NAME READY RELEASE HEARTBEAT STALE_AFTER: hold until RELEASE exists.
@@ -177,14 +177,11 @@ def _child(action, *args):
     elif action == "try":
         # try NAME WAIT: one acquire; report it and the holder; release.
         name, wait = args
-        lock = Marathon(name, wait=float(wait))
-        acquired = lock.acquire()
-        result = {"acquired": acquired, "fence": lock.fence}
-        if not acquired:
-            error = lock._already_running()
-            result.update(owner=error.owner, message=str(error))
-        else:
-            lock.release()
+        try:
+            with Marathon(name, wait=float(wait)) as lock:
+                result = {"acquired": True, "fence": lock.fence}
+        except AlreadyRunning as error:
+            result = {"acquired": False, "fence": None, "owner": error.owner, "message": str(error)}
         print(json.dumps(result))
     elif action == "count":
         # count NAME: how many rows carry NAME, as this process sees them.

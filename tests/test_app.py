@@ -72,7 +72,7 @@ def test_migrations_module_is_marathon_migrations():
 
 def test_migrate_creates_the_table_without_migration_modules(plain):
     assert "marathon_lock" in plain["tables"], plain["migrate"]
-    assert plain["columns"] == ["heartbeat_at", "id", "locked_at", "name", "owner", "token"]
+    assert plain["columns"] == ["heartbeat_at", "id", "locked_at", "name", "owner", "stale_after", "token"]
     assert "Applying marathon.0002_heartbeat" in plain["migrate"]
 
 

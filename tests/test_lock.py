@@ -31,7 +31,7 @@ SQLITE = connection.vendor == "sqlite"
 
 
 def row(name):
-    return Lock.objects.filter(name=name).first()
+    return Lock.objects.using("default").filter(name=name).first()
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_a_0_1_database_keeps_its_rows_and_they_are_manual_locks(at_0_1):
             ["old-task", connection.ops.adapt_datetimefield_value(timezone.now())],
         )
     migrate(latest())
-    assert columns() == ["heartbeat_at", "id", "locked_at", "name", "owner", "token"]
+    assert columns() == ["heartbeat_at", "id", "locked_at", "name", "owner", "stale_after", "token"]
     old = Lock.objects.get(name="old-task")
     assert old.heartbeat_at is None and old.owner == "" and old.token == ""
     with pytest.raises(AlreadyRunning) as caught:

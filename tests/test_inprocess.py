@@ -1,0 +1,437 @@
+"""Issue 8: the lock holds in ordinary use inside one process.
+
+Thread interleavings are forced through marathon's test seam (`marathon._hook`,
+called at named points), not hoped for; a bounded churn runs on top. Each test
+names the item of issue 8 it checks.
+"""
+import datetime
+import logging
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from django.db import InterfaceError, connection, connections
+from django.db.utils import ConnectionDoesNotExist
+from django.test import override_settings
+from django.utils import timezone
+
+import marathon
+from marathon import AlreadyRunning, Lock, LockLost, Marathon, SingleRunner, lock_acquired, lock_lost
+from tests.fixtures_lock import heartbeat_threads, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST = {"heartbeat": 0.2, "stale_after": 2.0}
+BOUND = 10.0  # seconds: the longest any forced step may take
+
+
+def row(name):
+    return Lock.objects.using("default").filter(name=name).first()
+
+
+def beaten(name, timeout=BOUND):
+    """Wait until the heartbeat refreshes `name`'s row twice more; fail if it never does."""
+    first = row(name).heartbeat_at
+    wait_for(lambda: row(name) and row(name).heartbeat_at > first, timeout, "a heartbeat of %r" % name)
+    second = row(name).heartbeat_at
+    wait_for(lambda: row(name) and row(name).heartbeat_at > second, timeout, "a second heartbeat of %r" % name)
+    return True
+
+
+class Seam:
+    """Stop the thread that reaches `point` until the test lets it go (once, or every time)."""
+
+    def __init__(self, point, once=True, action=None):
+        self.point = point
+        self.once = once
+        self.action = action  # called on the stopped thread before it goes on
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        self.facts = None
+        self.fired = False
+
+    def __call__(self, point, **facts):
+        if point != self.point or (self.once and self.fired):
+            return
+        self.fired = True
+        self.facts = facts
+        self.thread = threading.current_thread()
+        self.reached.set()
+        assert self.go.wait(BOUND), "the test never let %s go" % self.point
+        if self.action is not None:
+            self.action()
+
+
+@contextmanager
+def seam(point, **kwargs):
+    hook = Seam(point, **kwargs)
+    marathon._hook = hook
+    try:
+        yield hook
+    finally:
+        marathon._hook = None
+        hook.go.set()
+
+
+@pytest.fixture(autouse=True)
+def no_hook_left():
+    yield
+    marathon._hook = None
+
+
+# ---- 1. The heartbeat thread cannot die for good ----
+
+
+def test_release_between_due_and_beat_keeps_the_heartbeat_alive(caplog):
+    """1.0.0's race: the beat became due with one hold, the hold was released before the
+    beat read the holds, and min() of nothing killed the thread for good."""
+    first = Marathon("due-then-released", **FAST)
+    with seam("heartbeat.beat") as stopped:
+        assert first.acquire()
+        assert stopped.reached.wait(BOUND), "no beat became due"
+        assert first.release()  # while the heartbeat stands between its snapshot and its UPDATE
+        stopped.go.set()
+    second = Marathon("after-the-race", **FAST)
+    assert second.acquire()
+    try:
+        assert beaten("after-the-race")
+        assert second.held and not second.lost
+    finally:
+        assert second.release()
+    assert not first.lost  # a released hold is never reported lost
+    assert "Lost the lock" not in caplog.text
+
+
+def test_acquire_while_the_idle_heartbeat_decides_to_end_is_beaten(monkeypatch):
+    """A hold registered while the idle heartbeat is about to end must not join a thread that leaves."""
+    monkeypatch.setattr(marathon, "_LINGER", 0.05)
+    lock = Marathon("before-the-end", **FAST)
+    assert lock.acquire()
+    assert lock.release()
+    with seam("heartbeat.idle") as stopped:
+        assert stopped.reached.wait(BOUND)
+        threading.Event().wait(0.1)  # past the linger: the thread will decide to end when let go
+        late = Marathon("joins-late", **FAST)
+        assert late.acquire()
+        stopped.go.set()
+    try:
+        assert beaten("joins-late")
+    finally:
+        assert late.release()
+
+
+def test_a_heartbeat_thread_that_cannot_start_leaves_no_row():
+    def refuse():
+        raise RuntimeError("can't start new thread")
+
+    wait_for(lambda: not heartbeat_threads(), BOUND, "earlier heartbeat threads to end")
+    with seam("heartbeat.start", action=refuse) as stopped:
+        stopped.go.set()
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            Marathon("no-thread", **FAST).acquire()
+    assert row("no-thread") is None
+    lock = Marathon("no-thread", **FAST)
+    assert lock.acquire()  # the registry is clean: the next acquire starts a thread
+    try:
+        assert beaten("no-thread")
+    finally:
+        assert lock.release()
+
+
+def test_a_heartbeat_thread_that_dies_hands_its_holds_on(monkeypatch):
+    """Even an exception nobody expects (here SystemExit in the thread) leaves no hold unbeaten."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append, raising=False)  # Python 3.8+ reports it there
+
+    def die():
+        raise SystemExit("the heartbeat thread dies")
+
+    lock = Marathon("orphan", **FAST)
+    with seam("heartbeat.beat", action=die) as stopped:
+        assert lock.acquire()
+        assert stopped.reached.wait(BOUND)
+        stopped.go.set()
+        stopped.thread.join(BOUND)
+        assert not stopped.thread.is_alive()
+    try:
+        assert beaten("orphan")
+        assert lock.held and not lock.lost
+    finally:
+        assert lock.release()
+
+
+def test_churn_of_many_threads_leaves_every_hold_beaten():
+    """Bounded stress on top of the forced interleavings: 1.0.0 died within 10-25 s of this."""
+    previous = sys.getswitchinterval()
+    stop = threading.Event()
+    errors = []
+
+    def churn(index):
+        try:
+            while not stop.is_set():
+                lock = Marathon("churn-%d" % index, heartbeat=0.02, stale_after=0.5)
+                if lock.acquire():
+                    threading.Event().wait(0.02)  # about one heartbeat
+                    lock.release()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def busy():
+        while not stop.is_set():
+            sum(range(1000))
+
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(3)] + [threading.Thread(target=busy)]
+    try:
+        for thread in threads:
+            thread.start()
+        threading.Event().wait(4)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(BOUND)
+        sys.setswitchinterval(previous)
+    assert errors == []
+    lock = Marathon("after-churn", **FAST)
+    assert lock.acquire()
+    try:
+        assert beaten("after-churn")
+    finally:
+        assert lock.release()
+
+
+# ---- 2. Nothing after the insert leaves a row behind ----
+
+
+def test_a_raising_lock_acquired_receiver_leaves_no_row():
+    def receiver(sender, name, **kwargs):
+        raise RuntimeError("metrics are down")
+
+    lock_acquired.connect(receiver)
+    try:
+        with pytest.raises(RuntimeError, match="metrics are down"):
+            with Marathon("bad-receiver", **FAST):
+                pytest.fail("the block must not run")  # pragma: no cover
+    finally:
+        lock_acquired.disconnect(receiver)
+    assert row("bad-receiver") is None
+    with Marathon("bad-receiver", **FAST):  # free again, and in this process too
+        pass
+
+
+def test_an_interrupt_right_after_the_insert_leaves_no_row():
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with seam("acquire.taken", action=interrupt) as stopped:
+        stopped.go.set()
+        with pytest.raises(KeyboardInterrupt):
+            Marathon("interrupted", **FAST).acquire()
+    assert row("interrupted") is None
+
+
+# ---- 3. No user code on the heartbeat's schedule ----
+
+
+@pytest.mark.parametrize("slow", ["on_lost", "lock_lost", "log handler"])
+def test_a_slow_loss_handler_does_not_stall_other_locks(slow):
+    """A 5 s on_lost let another process take over a second, healthy lock in 1.0.0."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def block(*args, **kwargs):
+        entered.set()
+        leave.wait(BOUND)
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.ERROR:
+                block()
+
+    handler = Handler()
+    on_lost = block if slow == "on_lost" else None
+    if slow == "lock_lost":
+        lock_lost.connect(block)
+    if slow == "log handler":
+        logging.getLogger("marathon").addHandler(handler)
+    doomed = Marathon("doomed", on_lost=on_lost, **FAST)
+    healthy = Marathon("healthy", **FAST)
+    try:
+        assert doomed.acquire() and healthy.acquire()
+        Lock.objects.using("default").filter(name="doomed").delete()  # an operator releases it
+        assert entered.wait(BOUND), "the loss was never reported"
+        assert doomed.lost
+        assert beaten("healthy")  # while the handler is still blocked
+        assert healthy.held and not healthy.lost
+    finally:
+        leave.set()
+        lock_lost.disconnect(block)
+        logging.getLogger("marathon").removeHandler(handler)
+        healthy.release()
+
+
+# ---- 6. Takeover is judged by the holder's stale_after ----
+
+
+def _planted(name, age, stale_after):
+    """A row as a live holder leaves it: its last heartbeat `age` seconds ago, by this host's clock."""
+    then = timezone.now() - datetime.timedelta(seconds=age)
+    lock = Lock(name=name, owner="elsewhere:1", token="t" * 32, heartbeat_at=then, stale_after=stale_after)
+    lock.save(using="default")
+    Lock.objects.using("default").filter(pk=lock.pk).update(locked_at=then)
+    return lock
+
+
+def test_a_shorter_stale_after_does_not_take_over_a_live_holder():
+    _planted("rolling-deploy", age=3, stale_after=30)
+    with pytest.raises(AlreadyRunning) as raised:
+        with Marathon("rolling-deploy", heartbeat=0.5, stale_after=1):
+            pass
+    assert raised.value.owner == "elsewhere:1"
+    assert row("rolling-deploy").owner == "elsewhere:1"
+
+
+def test_a_row_stale_by_its_own_stale_after_is_taken_over():
+    _planted("truly-stale", age=3, stale_after=2)
+    with Marathon("truly-stale", heartbeat=10, stale_after=60) as lock:
+        assert row("truly-stale").id == lock.fence
+        assert row("truly-stale").stale_after == 60
+
+
+def test_operators_judge_a_row_by_its_own_stale_after():
+    _planted("long-lived", age=3, stale_after=30)
+    _planted("short-lived", age=3, stale_after=2)
+    with override_settings(MARATHON_STALE_AFTER=1):
+        queryset = marathon._with_state(Lock.objects.using("default").order_by("name"), connection.vendor)
+        states = {lock.name: marathon._state(lock, 1) for lock in queryset}
+        assert states == {"long-lived": "running", "short-lived": "stale"}
+        released = marathon._run("default", marathon._release_stale, 1)
+    assert released == ["short-lived"]
+    assert row("long-lived") is not None
+
+
+# ---- 7. The holder knows of a loss before anyone can take over ----
+
+
+def test_the_loss_deadline_leaves_half_an_interval_before_staleness():
+    lock = Marathon("deadline", heartbeat=1, stale_after=2)
+    assert lock.acquire()
+    try:
+        hold = lock._hold
+        assert hold.deadline == pytest.approx(hold.confirmed + 2 - 0.5)
+    finally:
+        lock.release()
+
+
+# ---- 9. MARATHON_DATABASE everywhere ----
+
+
+def test_lock_objects_and_0_1_forms_use_marathon_database():
+    with override_settings(MARATHON_DATABASE="nowhere"):
+        with pytest.raises(ConnectionDoesNotExist):
+            Lock.objects.get_or_create(name="elsewhere")
+        class Job(SingleRunner):
+            lock_name = "elsewhere"
+
+        with pytest.raises(ConnectionDoesNotExist):
+            Job().is_locked()
+        with pytest.raises(ConnectionDoesNotExist):
+            Lock(name="elsewhere").save()
+    with override_settings(MARATHON_DATABASE="default"):
+        lock, created = Lock.objects.get_or_create(name="here")
+        assert created and lock.pk
+
+
+# ---- 10. A lost reply is recognised ----
+
+
+def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
+    """The acquire commits, the connection drops before the reply: the retry finds our token."""
+    dropped = []
+
+    def drop_after_commit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not dropped:  # the first statement: the acquire
+            dropped.append(sql)
+            context["connection"].connection.close()  # the server committed; the reply is lost
+            raise InterfaceError("connection already closed")
+        return result
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no connection to drop")
+    connection.ensure_connection()
+    lock = Marathon("lost-reply", **FAST)
+    with connection.execute_wrapper(drop_after_commit):
+        assert lock.acquire()
+    try:
+        assert dropped
+        assert row("lost-reply").id == lock.fence
+        assert lock.held
+    finally:
+        assert lock.release()
+
+
+# ---- 11. Smaller ----
+
+
+def test_submodule_imports_give_marathon_itself():
+    import marathon.apps as apps_module
+    import marathon.commands as commands_module
+    import marathon.models as models_module
+
+    assert models_module is marathon and models_module.Lock is Lock
+    assert apps_module is marathon and apps_module.MarathonConfig is marathon.MarathonConfig
+    assert commands_module.SingleRunnerCommand is marathon.SingleRunnerCommand
+
+
+def test_mysql_charset_is_what_django_connects_with():
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only")
+    settings_dict = dict(connection.settings_dict, OPTIONS={})
+    silent = type(connections["default"])(settings_dict, "default")
+    charset = silent.get_connection_params().get("charset")
+    if charset == "utf8mb4":  # Django 4.2+ connects with utf8mb4 when OPTIONS is silent
+        marathon._check_name_for(silent, "emoji-\U0001F600")
+    else:
+        with pytest.raises(ValueError, match="utf8mb4"):
+            marathon._check_name_for(silent, "emoji-\U0001F600")
+
+
+def test_release_inside_the_with_block_is_not_a_loss():
+    with Marathon("early-release", **FAST) as lock:
+        assert lock.release()
+        assert not lock.held
+    assert row("early-release") is None
+
+
+def test_decorating_a_coroutine_function_is_a_type_error():
+    async def job():
+        pass  # pragma: no cover
+
+    with pytest.raises(TypeError, match="coroutine"):
+        Marathon("async-job")(job)
+
+
+def test_heartbeat_chunks_a_large_number_of_locks(monkeypatch):
+    """Two parameters per lock: tens of thousands of locks would pass the driver's limit in one UPDATE."""
+    if connection.vendor == "postgresql":
+        pytest.skip("PostgreSQL sends two arrays, whatever the number of locks")
+    monkeypatch.setattr(marathon, "_BEAT_CHUNK", 3)
+    locks = [Marathon("chunk-%d" % i, **FAST) for i in range(10)]
+    for lock in locks:
+        assert lock.acquire()
+    try:
+        for i in (0, 4, 9):
+            assert beaten("chunk-%d" % i)
+        assert all(lock.held for lock in locks)
+    finally:
+        for lock in locks:
+            assert lock.release()
+
+
+def test_lost_is_reported_as_lock_lost_on_leaving_the_block():
+    with pytest.raises(LockLost):
+        with Marathon("deleted-under-us", **FAST) as lock:
+            Lock.objects.using("default").filter(name="deleted-under-us").delete()
+            wait_for(lambda: lock.lost, BOUND, "the loss")
