@@ -1373,18 +1373,25 @@ class MarathonConfig(AppConfig):
 # one module be the app `marathon`. Each is pinned by a test in tests/test_app.py.
 
 
+_SUBMODULES = ("apps", "models", "commands", "mixins")  # 0.1's import paths
+
+
 class _Module(types.ModuleType):
     def __getattr__(self, name):
         # `from marathon.models import Lock` in an app listed before marathon
         # runs before MarathonConfig.import_models(): build the model on demand.
         if name == "Lock":
             return _model()
+        # `import marathon.models as m` reads the attribute `models` of marathon
+        # (Python 3.6 without falling back to sys.modules).
+        if name in _SUBMODULES:
+            return self
         raise AttributeError("module %r has no attribute %r" % (self.__name__, name))
 
 
 sys.modules[__name__].__class__ = _Module  # one mechanism on every Python (PEP 562 needs 3.7)
 __path__ = []  # without it Django ignores MarathonConfig: it only looks for apps in packages
-for _submodule in ("apps", "models", "commands", "mixins"):  # 0.1's import paths
+for _submodule in _SUBMODULES:
     sys.modules["%s.%s" % (__name__, _submodule)] = sys.modules[__name__]
 sys.modules[__name__ + ".migrations"] = marathon_migrations  # where Django looks for migrations
 if django.VERSION < (3, 2):
