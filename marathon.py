@@ -37,6 +37,7 @@ The sections, in the order they read:
 
 # ---- Imports ----
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -44,9 +45,11 @@ import inspect
 import logging
 import os
 import queue
+import re
 import secrets
 import signal
 import socket
+import string
 import sys
 import threading
 import time
@@ -54,6 +57,7 @@ import types
 import weakref
 
 import django
+from asgiref.sync import sync_to_async
 from django.apps import AppConfig
 from django.apps import apps as _apps  # private: `marathon.apps` is this module
 from django.conf import settings
@@ -332,8 +336,10 @@ _STALE = "{age} > COALESCE(stale_after, %s)"
 
 # What an attempt learns of the row that holds the name.
 _Holder = collections.namedtuple("_Holder", "id owner locked_at heartbeat_at age stale_after token")
-# An attempt's outcome: the fence if taken, else the holder (None if it left meanwhile).
-_Outcome = collections.namedtuple("_Outcome", "fence holder")
+# An attempt's outcome: the fence if taken, else the holder (None if it left
+# meanwhile), or the error of a SQLite database too busy to answer.
+_Outcome = collections.namedtuple("_Outcome", "fence holder busy")
+_Outcome.__new__.__defaults__ = (None,)
 
 
 def _sql(template, vendor):
@@ -989,8 +995,32 @@ class Marathon:
         """Take the lock; True if taken, False if another holder kept it for `wait` seconds."""
         return self._acquire(wait).fence is not None
 
+    async def aacquire(self, wait=None):
+        """acquire() for async code: the event loop runs on while it waits."""
+        return (await self._aacquire(wait)).fence is not None
+
     def _acquire(self, wait):
         """Take the lock, or find who holds it: the last attempt's _Outcome."""
+        plan = self._plan(wait)
+        for pause in _pauses():
+            outcome = self._try(plan)
+            delay = plan.retry_in(outcome, pause, self.name)
+            if delay is None:
+                return outcome
+            _sleep(delay)
+
+    async def _aacquire(self, wait):
+        """_acquire() for async code: each attempt runs where Django allows database work."""
+        plan = self._plan(wait)
+        for pause in _pauses():
+            outcome = await _in_thread_uncancelled(self._try, plan, undo=self.release)
+            delay = plan.retry_in(outcome, pause, self.name)
+            if delay is None:
+                return outcome
+            await asyncio.sleep(delay)
+
+    def _plan(self, wait):
+        """What every attempt of one acquisition needs; raises on bad settings before any query."""
         if self.held:
             raise MarathonError("%r is already held by this Marathon object; use one per holder." % self)
         heartbeat, stale_after = self._timing(
@@ -1002,41 +1032,38 @@ class Marathon:
         if connection.vendor not in _NOW:
             raise MarathonError("Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r." % connection.vendor)
         _check_name_for(connection, self.name)
-        owner, token = _owner(), secrets.token_hex(16)
         deadline = time.monotonic() + (self.wait if wait is None else wait)
-        for pause in _pauses():
-            sent = time.monotonic()
-            try:
-                outcome = _run(alias, _take_or_take_over, self.name, owner, token, stale_after)
-                busy = None
-            except OperationalError as exc:
-                if connection.vendor != "sqlite" or "locked" not in str(exc):
-                    raise _explained(exc, self.name, connection.vendor) from exc
-                # SQLite has one writer at a time and its busy timeout ran out:
-                # retried until `wait` runs out, then raised, never taken for a holder.
-                outcome, busy = _Outcome(None, None), exc
-            if outcome.fence is not None:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if busy is not None:
-                    raise _explained(busy, self.name, "sqlite") from busy
-                return outcome
-            _sleep(min(pause, remaining))
-        beaten = not _in_testcase(connection)
-        hold = _Hold(self, alias, outcome.fence, token, owner, heartbeat, stale_after, sent, beaten)
+        return _Plan(alias, connection.vendor, _owner(), secrets.token_hex(16), heartbeat, stale_after, deadline)
+
+    def _try(self, plan):
+        """One attempt. If it takes the lock, the lock is held and beaten when it returns."""
+        sent = time.monotonic()
+        try:
+            outcome = _run(plan.alias, _take_or_take_over, self.name, plan.owner, plan.token, plan.stale_after)
+        except OperationalError as exc:
+            if plan.vendor != "sqlite" or "locked" not in str(exc):
+                raise _explained(exc, self.name, plan.vendor) from exc
+            # SQLite has one writer at a time and its busy timeout ran out:
+            # retried until `wait` runs out, then raised, never taken for a holder.
+            return _Outcome(None, None, exc)
+        if outcome.fence is not None:
+            self._hold_taken(plan, outcome.fence, sent)
+        return outcome
+
+    def _hold_taken(self, plan, fence, sent):
+        beaten = not _in_testcase(connections[plan.alias])
+        hold = _Hold(self, plan.alias, fence, plan.token, plan.owner, plan.heartbeat, plan.stale_after, sent, beaten)
         try:  # from here on the row is ours: nothing may leave it behind
-            _at("acquire.taken", name=self.name, fence=hold.fence)
+            _at("acquire.taken", name=self.name, fence=fence)
             self._hold = hold
             if beaten:
                 _registry_here().register(hold)
-            logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, hold.fence, owner)
-            lock_acquired.send(Marathon, name=self.name, owner=owner, fence=hold.fence)
+            logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, fence, plan.owner)
+            lock_acquired.send(Marathon, name=self.name, owner=plan.owner, fence=fence)
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to see
                 self._release_now(hold)
             raise
-        return outcome
 
     def release(self):
         """Delete this holder's row. True if it was still ours, False if the lock had been lost.
@@ -1055,6 +1082,10 @@ class Marathon:
             _at_transaction_end(connection, functools.partial(self._release_logged, hold))
             return True
         return self._release_now(hold)
+
+    async def arelease(self):
+        """release() for async code."""
+        return await _in_thread_uncancelled(self.release)
 
     def _release_now(self, hold):
         if not _registry_here().unregister(hold, _RELEASED):
@@ -1082,7 +1113,7 @@ class Marathon:
         except Exception:
             logger.exception("Could not release the lock %r at the end of a transaction; it goes stale.", self.name)
 
-    # -- context manager and decorator --
+    # -- context managers and decorator --
 
     def __enter__(self):
         outcome = self._acquire(None)
@@ -1097,27 +1128,122 @@ class Marathon:
         if not self.release() and exc_type is None:
             raise LockLost(self.name, hold.reason or "its row was deleted or taken over before the release")
 
-    def __call__(self, func):
-        """Decorate `func`: every call holds the lock; a fresh Marathon per call, so threads may share it."""
-        if inspect.iscoroutinefunction(func):
-            raise TypeError(
-                "Marathon cannot decorate the coroutine function %r yet: the lock would be held only while "
-                "the coroutine is created, not while it runs." % (func.__qualname__,)
-            )
+    async def __aenter__(self):
+        outcome = await self._aacquire(None)
+        if outcome.fence is None:
+            raise _already_running(self.name, outcome.holder)
+        return self
 
-        @functools.wraps(func)
-        def run_alone(*args, **kwargs):
-            with Marathon(
-                self.name,
+    async def __aexit__(self, exc_type, exc, traceback):
+        await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
+
+    def __call__(self, func):
+        """Decorate `func`: every call holds the lock, on an acquisition of its own, so threads
+        and tasks may share it. `{param}` fields in the name are filled from each call's arguments."""
+        name_for = _name_template(self.name, func)
+
+        def marathon_for(args, kwargs):
+            return Marathon(
+                name_for(args, kwargs),
                 wait=self.wait,
                 heartbeat=self.heartbeat,
                 stale_after=self.stale_after,
                 using=self.using,
                 on_lost=self.on_lost,
-            ):
+            )
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_alone_async(*args, **kwargs):
+                async with marathon_for(args, kwargs):
+                    return await func(*args, **kwargs)
+
+            return run_alone_async
+
+        @functools.wraps(func)
+        def run_alone(*args, **kwargs):
+            with marathon_for(args, kwargs):
                 return func(*args, **kwargs)
 
         return run_alone
+
+
+# One acquisition's facts, fixed before its first attempt.
+class _Plan(collections.namedtuple("_Plan", "alias vendor owner token heartbeat stale_after deadline")):
+    def retry_in(self, outcome, pause, name):
+        """Seconds to wait before the next attempt, or None: `outcome` is the answer."""
+        if outcome.fence is not None:
+            return None
+        remaining = self.deadline - time.monotonic()
+        if remaining > 0:
+            return min(pause, remaining)
+        if outcome.busy is not None:
+            raise _explained(outcome.busy, name, self.vendor) from outcome.busy
+        return None
+
+
+async def _in_thread_uncancelled(function, *args, undo=None):
+    """Run function(*args) where Django allows database work from async code; see it through.
+
+    A thread cannot be stopped halfway: if the awaiting task is cancelled, the
+    call still finishes, and an acquisition it made is undone (`undo`) before
+    the cancellation goes on.
+    """
+    call = asyncio.ensure_future(sync_to_async(function, thread_sensitive=True)(*args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            outcome = await call
+            if undo is not None and getattr(outcome, "fence", None) is not None:
+                await sync_to_async(undo, thread_sensitive=True)()
+        raise
+
+
+def _name_template(name, func):
+    """A function of a call's (args, kwargs) that gives the lock's name for that call.
+
+    A name without fields is the name. Fields name parameters of `func`, as
+    str.format() fields (`{order.pk}`, `{items[0]}`); `{{` and `}}` are braces.
+    """
+    roots = _template_roots(name)
+    if not roots:
+        return lambda args, kwargs: name
+    signature = inspect.signature(func)
+    _check_roots(name, roots, signature.parameters, "%s() has no parameter" % func.__qualname__)
+
+    def filled(args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return _filled(name, bound.arguments)
+
+    return filled
+
+
+def _template_roots(name):
+    """The names that a lock name's fields start with: `shop` of `{shop.pk}`; none for a plain name."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(name) if field is not None]
+    except ValueError as exc:
+        raise ValueError("Lock name %r is not a valid template: %s." % (name, exc))
+    return [re.match(r"[^.\[]*", field).group() for field in fields]
+
+
+def _check_roots(name, roots, known, missing):
+    for root in roots:
+        if root not in known:
+            raise ValueError(
+                "Lock name %r has the field {%s}, but %s %r; there are: %s."
+                % (name, root, missing, root, ", ".join(sorted(known)) or "none")
+            )
+
+
+def _filled(name, values):
+    """The name with its fields filled; checked as every lock name is, before any query."""
+    result = name.format(**values)
+    _check_name(result)
+    return result
 
 
 def _already_running(name, holder):
@@ -1165,7 +1291,14 @@ class SingleRunnerCommand:
     lock = None  # the Marathon that this run holds, while it runs
 
     def get_lock_name(self, *args, **options):
-        return self.lock_name or self.__module__.rpartition(".")[2]
+        """`lock_name` with its `{option}` fields filled from this run's options, else the command's name."""
+        if not self.lock_name:
+            return self.__module__.rpartition(".")[2]
+        roots = _template_roots(self.lock_name)
+        if not roots:
+            return self.lock_name
+        _check_roots(self.lock_name, roots, options, "the command has no option")
+        return _filled(self.lock_name, options)
 
     def execute(self, *args, **options):
         lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait)

@@ -360,6 +360,11 @@ def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
 
     if connection.vendor == "sqlite":
         pytest.skip("SQLite has no connection to drop")
+    if connection.vendor == "mysql":
+        import pymysql
+
+        if pymysql.VERSION < (1, 1):
+            pytest.skip("PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable")
     connection.ensure_connection()
     lock = Marathon("lost-reply", **FAST)
     with connection.execute_wrapper(drop_after_commit):
@@ -403,14 +408,6 @@ def test_release_inside_the_with_block_is_not_a_loss():
         assert lock.release()
         assert not lock.held
     assert row("early-release") is None
-
-
-def test_decorating_a_coroutine_function_is_a_type_error():
-    async def job():
-        pass  # pragma: no cover
-
-    with pytest.raises(TypeError, match="coroutine"):
-        Marathon("async-job")(job)
 
 
 def test_heartbeat_chunks_a_large_number_of_locks(monkeypatch):
