@@ -40,6 +40,7 @@ The sections, in the order they read:
 import asyncio
 import collections
 import contextlib
+import datetime
 import functools
 import inspect
 import logging
@@ -77,10 +78,12 @@ import marathon_migrations
 
 __all__ = [
     "AlreadyRunning",
+    "LastRun",
     "Lock",
     "LockLost",
     "Marathon",
     "MarathonError",
+    "RanRecently",
     "SingleRunnerCommand",
     "lock_acquired",
     "lock_lost",
@@ -136,6 +139,30 @@ class AlreadyRunning(MarathonError):
             holder,
             since,
             beat,
+        )
+
+
+class RanRecently(AlreadyRunning):
+    """The lock's last successful run finished less than ``min_interval`` seconds ago.
+
+    ``owner`` ran it; ``finished_at`` (an aware UTC datetime, by the database's
+    clock) is when it finished; the next run may start ``min_interval`` seconds later.
+    """
+
+    def __init__(self, name, owner=None, finished_at=None, min_interval=None):
+        super().__init__(name, owner)
+        self.args = (name, owner, finished_at, min_interval)
+        self.finished_at = finished_at
+        self.min_interval = min_interval
+
+    def __str__(self):
+        next_start = self.finished_at + datetime.timedelta(seconds=self.min_interval)
+        return "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)." % (
+            self.name,
+            self.owner or "an unknown holder",
+            _format_time(self.finished_at),
+            _format_time(next_start),
+            self.min_interval,
         )
 
 
@@ -261,7 +288,8 @@ def _check_settings(app_configs=None, **kwargs):
 
 
 class _LockManager(_models.Manager):
-    """Lock.objects uses MARATHON_DATABASE when it is set, so 0.1's get_or_create meets Marathon's rows."""
+    """Lock.objects (and LastRun.objects) use MARATHON_DATABASE when it is set, so 0.1's
+    get_or_create meets Marathon's rows."""
 
     def get_queryset(self):
         queryset = super().get_queryset()
@@ -270,7 +298,8 @@ class _LockManager(_models.Manager):
 
 
 def _model():
-    """Define Lock once; Django allows model classes only after INSTALLED_APPS are imported."""
+    """Define Lock and LastRun once, and return Lock; Django allows model classes only after
+    INSTALLED_APPS are imported."""
     model = globals().get("Lock")
     if model is not None:
         return model
@@ -306,7 +335,35 @@ def _model():
             kwargs.setdefault("using", _setting("MARATHON_DATABASE"))
             return super().delete(*args, **kwargs)
 
+    class LastRun(_models.Model):
+        """The last run of each lock that has a min_interval: one row per name (migration 0005)."""
+
+        __qualname__ = "LastRun"
+
+        OUTCOMES = [
+            ("ok", "ok"),
+            ("error", "error"),
+            ("lost", "lost"),
+            ("abandoned", "abandoned (taken over after its holder died)"),
+        ]
+        name = _models.CharField(max_length=_MAX_NAME_LENGTH, unique=True)
+        started_at = _models.DateTimeField(null=True, blank=True)
+        finished_at = _models.DateTimeField()
+        owner = _models.CharField(max_length=255, blank=True, default="")
+        fence = _models.BigIntegerField()
+        outcome = _models.CharField(max_length=16, choices=OUTCOMES)
+        duration = _models.FloatField(null=True, blank=True, help_text="seconds")
+
+        objects = _LockManager()
+
+        class Meta:
+            app_label = "marathon"
+
+        def __str__(self):
+            return self.name
+
     globals()["Lock"] = Lock
+    globals()["LastRun"] = LastRun
     return Lock
 
 
@@ -337,9 +394,13 @@ _STALE = "{age} > COALESCE(stale_after, %s)"
 # What an attempt learns of the row that holds the name.
 _Holder = collections.namedtuple("_Holder", "id owner locked_at heartbeat_at age stale_after token")
 # An attempt's outcome: the fence if taken, else the holder (None if it left
-# meanwhile), or the error of a SQLite database too busy to answer.
-_Outcome = collections.namedtuple("_Outcome", "fence holder busy")
-_Outcome.__new__.__defaults__ = (None,)
+# meanwhile), or the error of a SQLite database too busy to answer, or the
+# last run that finished too recently (a _LastRun). `took_over`: the stale
+# holder this attempt deleted, if any.
+_Outcome = collections.namedtuple("_Outcome", "fence holder busy last_run took_over")
+_Outcome.__new__.__defaults__ = (None, None, None)
+# A lock's last run as the min_interval check reads it; `age`: seconds since it finished.
+_LastRun = collections.namedtuple("_LastRun", "outcome finished_at owner age")
 
 
 def _sql(template, vendor):
@@ -379,6 +440,60 @@ _DELETE_STALE = {
 }
 _RELEASE = "DELETE FROM marathon_lock WHERE id = %s AND token = %s"
 
+# A lock with a min_interval keeps its last run in marathon_lastrun: written
+# before the lock's row is deleted, and only over the record of an older fence.
+_RUN_COLUMNS = "(name, started_at, finished_at, owner, fence, outcome, duration)"
+_RUN_UPSERT = {
+    vendor: " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, "
+    "finished_at = excluded.finished_at, owner = excluded.owner, fence = excluded.fence, "
+    "outcome = excluded.outcome, duration = excluded.duration WHERE marathon_lastrun.fence <= excluded.fence"
+    for vendor in ("postgresql", "sqlite")
+}
+_RUN_UPSERT["mysql"] = " ON DUPLICATE KEY UPDATE " + ", ".join(
+    "marathon_lastrun.{0} = IF(marathon_lastrun.fence <= VALUES(fence), VALUES({0}), marathon_lastrun.{0})".format(
+        column
+    )
+    for column in ("started_at", "finished_at", "owner", "outcome", "duration", "fence")  # fence last
+)
+def _run_sql(select, vendor):
+    return (
+        "INSERT INTO marathon_lastrun "
+        + _RUN_COLUMNS
+        + " "
+        + _sql(select.replace("{locked_age}", "(%s)" % _AGE[vendor].format(column="locked_at")), vendor)
+        + _RUN_UPSERT[vendor]
+    )
+
+
+# The run of the row's own holder, finished now (ok or error)...
+_RECORD_OWN = {
+    vendor: _run_sql(
+        "SELECT name, locked_at, {now}, owner, id, %s, {locked_age} FROM marathon_lock WHERE id = %s AND token = %s",
+        vendor,
+    )
+    for vendor in _NOW
+}
+# ...and of a stale holder about to be taken over: it was last alive at its last heartbeat.
+_RECORD_ABANDONED = {
+    vendor: _run_sql(
+        "SELECT name, locked_at, heartbeat_at, owner, id, 'abandoned', {locked_age} - ({age}) "
+        "FROM marathon_lock WHERE id = %s",
+        vendor,
+    )
+    for vendor in _NOW
+}
+# The run of a holder whose row is gone: what it knows of itself.
+_RECORD_LOST = {
+    vendor: "INSERT INTO marathon_lastrun " + _RUN_COLUMNS + " VALUES (%s, NULL, " + _NOW[vendor]
+    + ", %s, %s, 'lost', NULL)" + _RUN_UPSERT[vendor]
+    for vendor in _NOW
+}
+_SELECT_LAST_RUN = {
+    vendor: "SELECT outcome, finished_at, owner, " + _AGE[vendor].format(column="finished_at")
+    + " FROM marathon_lastrun WHERE name = %s"
+    for vendor in _NOW
+}
+
 
 def _beat_sql(vendor, count):
     """The heartbeat's UPDATE and its follow-up SELECT, for `count` locks (not PostgreSQL)."""
@@ -413,29 +528,62 @@ def _insert_or_read_holder(cursor, name, owner, token, stale_after):
     return _Outcome(holder.id, None) if holder.token == token else _Outcome(None, holder)
 
 
-def _take_or_take_over(cursor, name, owner, token, stale_after):
+def _take(cursor, name, owner, token, stale_after, min_interval):
+    """One round of an acquire: take the lock, then, with a min_interval, check its last run.
+
+    The check comes after the lock is ours and the record is written before a
+    holder deletes its row, so two hosts one after the other never both run
+    inside one period.
+    """
+    outcome = _take_or_take_over(cursor, name, owner, token, stale_after, min_interval)
+    if outcome.fence is None or min_interval is None:
+        return outcome
+    cursor.execute(_SELECT_LAST_RUN[cursor.db.vendor], [name])
+    row = cursor.fetchone()
+    if row is not None and row[0] == "ok" and row[3] < min_interval:
+        _delete_own(cursor, outcome.fence, token)
+        return _Outcome(None, None, last_run=_LastRun(*row))
+    return outcome
+
+
+def _take_or_take_over(cursor, name, owner, token, stale_after, min_interval):
     """Insert; if the holder is stale by its own stale_after, delete it and insert again."""
     vendor = cursor.db.vendor
-    outcome = _Outcome(None, None)
+    outcome, took_over = _Outcome(None, None), None
     for _ in range(3):  # a holder that leaves, or a takeover, earns another attempt
         outcome = _insert_or_read_holder(cursor, name, owner, token, stale_after)
         holder = outcome.holder
         if outcome.fence is not None:
-            return outcome
+            return outcome._replace(took_over=took_over)
         if holder is None:
             continue  # the holder left between our statements
         limit = stale_after if holder.stale_after is None else holder.stale_after
         if holder.age is None or holder.age <= limit:
             return outcome
+        if min_interval is not None:
+            cursor.execute(_RECORD_ABANDONED[vendor], [holder.id])
         if _rowcount(cursor, _DELETE_STALE[vendor], [holder.id, stale_after]) == 1:
+            took_over = holder
             logger.warning(
-                "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s).",
+                "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s); "
+                "its run was abandoned.",
                 name,
                 holder.owner,
                 holder.age,
                 limit,
             )
     return outcome
+
+
+def _finish(cursor, fence, token, outcome):
+    """Release: record the run (if `outcome`), then delete the row if it is still ours. True if it was."""
+    if outcome is not None:
+        cursor.execute(_RECORD_OWN[cursor.db.vendor], [outcome, fence, token])
+    return _delete_own(cursor, fence, token)
+
+
+def _record_lost(cursor, name, owner, fence):
+    cursor.execute(_RECORD_LOST[cursor.db.vendor], [name, owner, fence])
 
 
 def _delete_own(cursor, fence, token):
@@ -585,20 +733,22 @@ _HELD, _DEFERRED, _RELEASED, _LOST = "held", "release deferred", "released", "lo
 class _Hold:
     """One acquisition of a lock. Its state is written only by the registry, under its mutex."""
 
-    def __init__(self, marathon, alias, fence, token, owner, interval, stale_after, confirmed, beaten):
+    def __init__(self, marathon, plan, fence, confirmed, beaten):
         self.marathon = marathon
-        self.alias = alias
+        self.alias = plan.alias
         self.fence = fence
-        self.token = token
-        self.owner = owner
-        self.interval = interval
-        self.stale_after = stale_after
+        self.token = plan.token
+        self.owner = plan.owner
+        self.interval = plan.heartbeat
+        self.stale_after = plan.stale_after
+        self.min_interval = plan.min_interval
         self.acquired = self.confirmed = confirmed  # monotonic time the acquire was sent
-        self.due = confirmed + interval  # when the next beat is due
+        self.due = confirmed + plan.heartbeat  # when the next beat is due
         self.beaten = beaten  # False inside a TestCase: its row is invisible to the heartbeat
         self.pid = os.getpid()  # a forked child inherits the object, not the lock
         self.state = _HELD
         self.reason = None  # why it was lost
+        self.row_gone = False  # lost because the database said its row was gone
 
     @property
     def deadline(self):
@@ -656,13 +806,14 @@ class _Registry:
                 self._forget(hold)
             return True
 
-    def lose(self, hold, reason):
+    def lose(self, hold, reason, row_gone=False):
         """Report hold lost, once; a hold released meanwhile is not. Never runs user code itself."""
         with self.mutex:
             if hold.state not in (_HELD, _DEFERRED):
                 return
             hold.state = _LOST
             hold.reason = reason
+            hold.row_gone = row_gone
             self._forget(hold)
             self._report(functools.partial(_report_loss, hold))
 
@@ -804,7 +955,7 @@ class _Heartbeat(threading.Thread):
             if error is None and hold.fence in alive:
                 hold.confirmed, hold.due = sent, sent + hold.interval
             elif error is None:
-                self.registry.lose(hold, "its row was deleted or taken over")
+                self.registry.lose(hold, "its row was deleted or taken over", row_gone=True)
             elif now >= hold.deadline:
                 self.registry.lose(hold, "the database could not be reached for %.1f s" % (now - hold.confirmed))
             else:
@@ -931,9 +1082,13 @@ class Marathon:
     MARATHON_STALE_AFTER. ``using``: the database alias; None reads
     MARATHON_DATABASE, else the router's write database for Lock. ``on_lost``:
     called with this Marathon, from marathon's reporter thread, if the lock is lost.
+    ``min_interval``: seconds; the lock is refused (RanRecently) while its last
+    successful run finished less than this long ago, by the database's clock.
     """
 
-    def __init__(self, name, *, wait=0, heartbeat=None, stale_after=None, using=None, on_lost=None):
+    def __init__(
+        self, name, *, wait=0, heartbeat=None, stale_after=None, using=None, on_lost=None, min_interval=None
+    ):
         _check_name(name)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
             raise ValueError("wait must be a number of seconds >= 0; got %r." % (wait,))
@@ -944,6 +1099,9 @@ class Marathon:
             self._timing(heartbeat, stale_after)
         if on_lost is not None and not callable(on_lost):
             raise ValueError("on_lost must be callable; got %r." % (on_lost,))
+        if min_interval is not None and _seconds_error("min_interval", min_interval):
+            raise ValueError(_seconds_error("min_interval", min_interval))
+        self.min_interval = min_interval
         self.name = name
         self.wait = wait
         self.heartbeat = heartbeat
@@ -1033,13 +1191,17 @@ class Marathon:
             raise MarathonError("Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r." % connection.vendor)
         _check_name_for(connection, self.name)
         deadline = time.monotonic() + (self.wait if wait is None else wait)
-        return _Plan(alias, connection.vendor, _owner(), secrets.token_hex(16), heartbeat, stale_after, deadline)
+        return _Plan(
+            alias, connection.vendor, _owner(), secrets.token_hex(16), heartbeat, stale_after, self.min_interval, deadline
+        )
 
     def _try(self, plan):
         """One attempt. If it takes the lock, the lock is held and beaten when it returns."""
         sent = time.monotonic()
         try:
-            outcome = _run(plan.alias, _take_or_take_over, self.name, plan.owner, plan.token, plan.stale_after)
+            outcome = _run(
+                plan.alias, _take, self.name, plan.owner, plan.token, plan.stale_after, plan.min_interval
+            )
         except OperationalError as exc:
             if plan.vendor != "sqlite" or "locked" not in str(exc):
                 raise _explained(exc, self.name, plan.vendor) from exc
@@ -1047,22 +1209,24 @@ class Marathon:
             # retried until `wait` runs out, then raised, never taken for a holder.
             return _Outcome(None, None, exc)
         if outcome.fence is not None:
-            self._hold_taken(plan, outcome.fence, sent)
+            self._hold_taken(plan, outcome, sent)
         return outcome
 
-    def _hold_taken(self, plan, fence, sent):
+    def _hold_taken(self, plan, outcome, sent):
         beaten = not _in_testcase(connections[plan.alias])
-        hold = _Hold(self, plan.alias, fence, plan.token, plan.owner, plan.heartbeat, plan.stale_after, sent, beaten)
+        fence = outcome.fence
+        hold = _Hold(self, plan, fence, sent, beaten)
         try:  # from here on the row is ours: nothing may leave it behind
             _at("acquire.taken", name=self.name, fence=fence)
             self._hold = hold
             if beaten:
                 _registry_here().register(hold)
             logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, fence, plan.owner)
-            lock_acquired.send(Marathon, name=self.name, owner=plan.owner, fence=fence)
+            took_over = outcome.took_over is not None  # its previous run was abandoned
+            lock_acquired.send(Marathon, name=self.name, owner=plan.owner, fence=fence, took_over=took_over)
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to see
-                self._release_now(hold)
+                self._release_now(hold, None)
             raise
 
     def release(self):
@@ -1070,8 +1234,13 @@ class Marathon:
 
         Inside the caller's transaction the row is deleted when the outermost
         transaction ends, by commit or by rollback; True then means it was
-        still ours when release() was called.
+        still ours when release() was called. With a min_interval this run
+        counts as a success.
         """
+        return self._release("ok")
+
+    def _release(self, outcome):
+        """release(), recording the run's outcome ("ok" or "error") for a lock with a min_interval."""
         hold = self._hold
         if hold is None or not hold.mine():
             return False  # never acquired, or acquired by the parent of this forked process
@@ -1079,19 +1248,21 @@ class Marathon:
         if hold.beaten and connection.in_atomic_block and not _in_testcase(connection):
             if not _registry_here().unregister(hold, _DEFERRED):
                 return False
-            _at_transaction_end(connection, functools.partial(self._release_logged, hold))
+            _at_transaction_end(connection, functools.partial(self._release_logged, hold, outcome))
             return True
-        return self._release_now(hold)
+        return self._release_now(hold, outcome)
 
     async def arelease(self):
         """release() for async code."""
         return await _in_thread_uncancelled(self.release)
 
-    def _release_now(self, hold):
+    def _release_now(self, hold, outcome):
         if not _registry_here().unregister(hold, _RELEASED):
+            self._record_loss(hold)
             return False  # lost: its row is another holder's now, or ours but stale; not ours to touch
+        recorded = outcome if hold.min_interval is not None else None
         try:
-            removed = _run(hold.alias, _delete_own, hold.fence, hold.token)
+            removed = _run(hold.alias, _finish, hold.fence, hold.token, recorded)
         except OperationalError as exc:
             raise _explained(exc, self.name, connections[hold.alias].vendor) from exc
         if removed:
@@ -1105,10 +1276,20 @@ class Marathon:
             lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
         return removed
 
-    def _release_logged(self, hold):
+    def _record_loss(self, hold):
+        """A lost run of a lock with a min_interval: recorded once, if the database said the row was gone."""
+        if hold.min_interval is None or not hold.row_gone or not hold.mine():
+            return
+        hold.row_gone = False
+        try:
+            _run(hold.alias, _record_lost, self.name, hold.owner, hold.fence)
+        except Exception:
+            logger.exception("Could not record the lost run of %r.", self.name)
+
+    def _release_logged(self, hold, outcome):
         """A release deferred to the end of a transaction: there, an error can only be logged."""
         try:
-            if not self._release_now(hold) and hold.state != _LOST:
+            if not self._release_now(hold, outcome) and hold.state != _LOST:
                 logger.error("Released the lock %r at the end of a transaction, but its row was gone.", self.name)
         except Exception:
             logger.exception("Could not release the lock %r at the end of a transaction; it goes stale.", self.name)
@@ -1118,21 +1299,31 @@ class Marathon:
     def __enter__(self):
         outcome = self._acquire(None)
         if outcome.fence is None:
-            raise _already_running(self.name, outcome.holder)
+            raise self._refusal(outcome)
         return self
 
     def __exit__(self, exc_type, exc, traceback):
         hold = self._hold
         if hold.state in (_RELEASED, _DEFERRED) and hold.mine():
             return  # released inside the block
-        if not self.release() and exc_type is None:
+        if not self._release("ok" if exc_type is None else "error") and exc_type is None:
             raise LockLost(self.name, hold.reason or "its row was deleted or taken over before the release")
 
     async def __aenter__(self):
         outcome = await self._aacquire(None)
         if outcome.fence is None:
-            raise _already_running(self.name, outcome.holder)
+            raise self._refusal(outcome)
         return self
+
+    def _refusal(self, outcome):
+        """The exception for an acquire that did not take the lock: AlreadyRunning or RanRecently."""
+        last_run = outcome.last_run
+        if last_run is not None:
+            return RanRecently(self.name, last_run.owner, _utc(last_run.finished_at), self.min_interval)
+        holder = outcome.holder
+        if holder is None:
+            return AlreadyRunning(self.name)
+        return AlreadyRunning(self.name, holder.owner, holder.locked_at, holder.heartbeat_at)
 
     async def __aexit__(self, exc_type, exc, traceback):
         await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
@@ -1150,6 +1341,7 @@ class Marathon:
                 stale_after=self.stale_after,
                 using=self.using,
                 on_lost=self.on_lost,
+                min_interval=self.min_interval,
             )
 
         if inspect.iscoroutinefunction(func):
@@ -1170,10 +1362,12 @@ class Marathon:
 
 
 # One acquisition's facts, fixed before its first attempt.
-class _Plan(collections.namedtuple("_Plan", "alias vendor owner token heartbeat stale_after deadline")):
+class _Plan(collections.namedtuple("_Plan", "alias vendor owner token heartbeat stale_after min_interval deadline")):
     def retry_in(self, outcome, pause, name):
-        """Seconds to wait before the next attempt, or None: `outcome` is the answer."""
-        if outcome.fence is not None:
+        """Seconds to wait before the next attempt, or None: `outcome` is the answer.
+
+        A run too recent is the answer at once: `wait` waits for a holder, not for a period."""
+        if outcome.fence is not None or outcome.last_run is not None:
             return None
         remaining = self.deadline - time.monotonic()
         if remaining > 0:
@@ -1246,10 +1440,13 @@ def _filled(name, values):
     return result
 
 
-def _already_running(name, holder):
-    if holder is None:
-        return AlreadyRunning(name)
-    return AlreadyRunning(name, holder.owner, holder.locked_at, holder.heartbeat_at)
+def _utc(value):
+    """A time read from the database as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.timezone.utc)
+    return value.astimezone(datetime.timezone.utc)
 
 
 def _pauses():
@@ -1282,12 +1479,14 @@ class SingleRunnerCommand:
 
     The lock is named `lock_name`, else the command's name; override
     get_lock_name() for a lock per argument. A run that finds the lock held
-    writes who holds it to stderr and exits with `lock_held_exit_code`.
+    (or, with `lock_min_interval`, finds that the last run finished too
+    recently) writes why to stderr and exits with `lock_held_exit_code`.
     """
 
     lock_name = None
     lock_wait = 0
     lock_held_exit_code = 0
+    lock_min_interval = None
     lock = None  # the Marathon that this run holds, while it runs
 
     def get_lock_name(self, *args, **options):
@@ -1301,10 +1500,10 @@ class SingleRunnerCommand:
         return _filled(self.lock_name, options)
 
     def execute(self, *args, **options):
-        lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait)
+        lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait, min_interval=self.lock_min_interval)
         outcome = lock._acquire(None)
         if outcome.fence is None:
-            message = "%s Skipped this run." % _already_running(lock.name, outcome.holder)
+            message = "%s Skipped this run." % lock._refusal(outcome)
             if self.lock_held_exit_code:
                 raise CommandError(message, returncode=self.lock_held_exit_code)
             if options.get("stderr"):  # as BaseCommand.execute() would have set it
@@ -1515,6 +1714,9 @@ class _Module(types.ModuleType):
         # runs before MarathonConfig.import_models(): build the model on demand.
         if name == "Lock":
             return _model()
+        if name == "LastRun":
+            _model()
+            return globals()["LastRun"]
         # `import marathon.models as m` reads the attribute `models` of marathon
         # (Python 3.6 without falling back to sys.modules).
         if name in _SUBMODULES:

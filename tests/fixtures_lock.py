@@ -183,6 +183,27 @@ def _child(action, *args):
         except AlreadyRunning as error:
             result = {"acquired": False, "fence": None, "owner": error.owner, "message": str(error)}
         print(json.dumps(result))
+    elif action == "interval":
+        # interval NAME MIN_INTERVAL OUTCOME: one run with a min_interval, ending
+        # as OUTCOME says (ok, error); reports whether it ran, or why not.
+        from marathon import RanRecently
+
+        name, min_interval, outcome = args
+        try:
+            with Marathon(name, min_interval=float(min_interval)) as lock:
+                result = {"ran": True, "fence": lock.fence, "owner": lock.owner}
+                if outcome == "error":
+                    raise RuntimeError("the run failed")
+        except RanRecently as error:
+            result = {
+                "ran": False,
+                "owner": error.owner,
+                "finished_at": error.finished_at.isoformat(),
+                "message": str(error),
+            }
+        except RuntimeError:
+            pass
+        print(json.dumps(result))
     elif action == "count":
         # count NAME: how many rows carry NAME, as this process sees them.
         from marathon import Lock

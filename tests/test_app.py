@@ -136,13 +136,14 @@ def test_path_is_not_the_folder_that_holds_the_module():
 def test_model_built_by_the_app_config():
     # Only marathon installed (no admin, whose registration would build it too).
     minimal = probe("tests.earlyapp.settings_minimal")
-    assert minimal["models"] == ["Lock"]
+    assert minimal["models"] == ["LastRun", "Lock"]
 
 
 def test_model_importable_from_an_app_listed_before_marathon(early):
     assert early["early_built_before"] is False  # so the module built it on demand
     assert early["early_is_registered"] is True
-    assert early["models"] == ["Lock"]
+    assert early["early_last_run_is_registered"] is True
+    assert early["models"] == ["LastRun", "Lock"]
 
 
 def test_unknown_attribute_is_still_an_attribute_error():

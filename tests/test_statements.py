@@ -260,6 +260,30 @@ def test_release():
         assert wire.sql[0].lstrip().upper().startswith("DELETE")
 
 
+def test_a_lock_with_min_interval_costs_one_more_statement_each_way():
+    """It reads its last run after the insert, and records the run before the delete."""
+    locks = []
+
+    def acquire():
+        lock = Marathon("periodic", min_interval=0.001, **_SLOW)
+        locks.append(lock)
+        return lock.acquire()
+
+    acquired, wire, server = _measure(acquire, cleanup=lambda: locks[-1].release())
+    assert acquired is True
+    _assert_costs(wire, server, _targets()[0] + 1)
+    assert "marathon_lastrun" in wire.sql[-1]
+
+    def prepare():
+        locks.append(Marathon("periodic", min_interval=0.001, **_SLOW))
+        assert locks[-1].acquire()
+
+    released, wire, server = _measure(lambda: locks[-1].release(), prepare=prepare)
+    assert released is True
+    _assert_costs(wire, server, _targets()[2] + 1)
+    assert "marathon_lastrun" in wire.sql[0]
+
+
 def test_decorator_costs_an_acquire_and_a_release():
     @Marathon("decorated", **_SLOW)
     def task():

@@ -27,6 +27,7 @@ if "tests.earlyapp" in settings.INSTALLED_APPS:
 
     facts["early_built_before"] = early.BUILT_BEFORE
     facts["early_is_registered"] = early.EARLY_LOCK is apps.get_model("marathon", "Lock")
+    facts["early_last_run_is_registered"] = early.EARLY_LAST_RUN is apps.get_model("marathon", "LastRun")
 
 if sys.argv[1:] == ["migrate"]:
     name = connection.creation._create_test_db(verbosity=0, autoclobber=True, keepdb=False)

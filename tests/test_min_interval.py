@@ -1,0 +1,191 @@
+"""Issue 11: at most once per period, judged by the database's clock, and each lock's last run.
+
+Every run below is a real process (tests/fixtures_lock.py's "interval" action)
+unless the test needs the lock object itself.
+"""
+import datetime
+import json
+import os
+import signal
+
+import pytest
+from django.db import connection
+
+from marathon import AlreadyRunning, LastRun, Lock, LockLost, Marathon, RanRecently, lock_acquired
+from tests.fixtures_lock import child_env, finish, run_command, run_python, start_child, wait_for, wait_for_file
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def run_once(name, min_interval=60, outcome="ok", env=None):
+    code, out, err = run_python(
+        ["-m", "tests.fixtures_lock", "interval", name, str(min_interval), outcome], env=env
+    )
+    assert code == 0, err
+    return json.loads(out)
+
+
+def last_run(name):
+    return LastRun.objects.using("default").filter(name=name).first()
+
+
+def test_a_second_host_inside_the_interval_skips_with_ran_recently():
+    first = run_once("nightly")
+    second = run_once("nightly")
+    assert first["ran"] and not second["ran"]
+    assert second["owner"] == first["owner"]
+    record = last_run("nightly")
+    assert record.outcome == "ok" and record.owner == first["owner"] and record.fence == first["fence"]
+    assert record.duration is not None and record.duration >= 0
+    assert datetime.datetime.fromisoformat(second["finished_at"]) == record.finished_at
+    assert "'nightly' ran recently" in second["message"] and first["owner"] in second["message"]
+    assert "the next may start" in second["message"]
+    assert not Lock.objects.using("default").filter(name="nightly").exists()  # the refused acquire left nothing
+
+
+def test_after_the_interval_the_next_run_runs():
+    assert run_once("short-period", min_interval=1)["ran"]
+    wait_for(lambda: _age(last_run("short-period")) > 1.0, 5, "the period to pass by the database's clock")
+    assert run_once("short-period", min_interval=1)["ran"]
+
+
+def _age(record):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            {
+                "postgresql": "SELECT EXTRACT(EPOCH FROM statement_timestamp() - finished_at) FROM marathon_lastrun WHERE id = %s",
+                "mysql": "SELECT TIMESTAMPDIFF(MICROSECOND, finished_at, UTC_TIMESTAMP(6)) / 1e6 FROM marathon_lastrun WHERE id = %s",
+                "sqlite": "SELECT (julianday('now') - julianday(finished_at)) * 86400.0 FROM marathon_lastrun WHERE id = %s",
+            }[connection.vendor],
+            [record.pk],
+        )
+        return float(cursor.fetchone()[0])
+
+
+def test_a_failed_run_does_not_count():
+    run_once("flaky", outcome="error")  # it ran and raised
+    assert last_run("flaky").outcome == "error"
+    assert run_once("flaky")["ran"]
+    assert last_run("flaky").outcome == "ok"
+
+
+def test_a_lost_run_does_not_count():
+    lock = Marathon("lost-run", heartbeat=0.2, stale_after=2, min_interval=60)
+    with pytest.raises(LockLost):
+        with lock:
+            Lock.objects.using("default").filter(name="lost-run").delete()
+            wait_for(lambda: lock.lost, 10, "the loss")
+    assert last_run("lost-run").outcome == "lost"
+    assert run_once("lost-run")["ran"]
+
+
+def test_an_abandoned_run_does_not_count_and_the_taker_knows(tmp_path):
+    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
+    child = start_child("hold", "crashed", ready, release, 0.2, 1.0)
+    facts = json.loads(wait_for_file(ready, process=child))
+    os.kill(child.pid, signal.SIGKILL)
+    finish(child)  # reaped, its pipes closed
+    took = []
+
+    def receiver(sender, name, took_over, **kwargs):
+        took.append((name, took_over))
+
+    lock_acquired.connect(receiver)
+    try:
+        with Marathon("crashed", wait=10, heartbeat=0.2, stale_after=1.0, min_interval=60) as lock:
+            record = last_run("crashed")
+            assert record.outcome == "abandoned" and record.owner == facts["owner"] and record.fence == facts["fence"]
+            assert lock.fence > facts["fence"]
+    finally:
+        lock_acquired.disconnect(receiver)
+    assert took == [("crashed", True)]
+    assert last_run("crashed").outcome == "ok"
+
+
+def test_acquire_returns_false_at_once_and_wait_does_not_wait_for_a_period():
+    assert run_once("no-waiting")["ran"]
+    lock = Marathon("no-waiting", wait=30, min_interval=60)
+    started = datetime.datetime.now()
+    assert lock.acquire() is False
+    assert (datetime.datetime.now() - started).total_seconds() < 5
+    with pytest.raises(RanRecently) as raised:
+        with Marathon("no-waiting", min_interval=60):
+            pass  # pragma: no cover
+    assert isinstance(raised.value, AlreadyRunning)
+    assert raised.value.finished_at.utcoffset() == datetime.timedelta(0)
+
+
+def test_a_lock_without_min_interval_ignores_earlier_runs():
+    assert run_once("mixed")["ran"]
+    with Marathon("mixed") as lock:
+        assert lock.held
+
+
+def test_hosts_racing_for_one_period_run_once():
+    """Four processes try the same period together, again and again: one run in all."""
+    code = (
+        "import json, time\n"
+        "import django; django.setup()\n"
+        "from marathon import Marathon, AlreadyRunning\n"
+        "ran = 0\n"
+        "end = time.monotonic() + 3\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        with Marathon('race-period', min_interval=60):\n"
+        "            ran += 1\n"
+        "    except AlreadyRunning:\n"
+        "        pass\n"
+        "print(json.dumps(ran))\n"
+    )
+    from tests.fixtures_lock import start_python
+
+    children = [start_python(["-c", code]) for _ in range(4)]
+    runs = []
+    for child in children:
+        status, out, err = finish(child, timeout=60)
+        assert status == 0, err
+        runs.append(json.loads(out))
+    assert sum(runs) == 1, runs
+
+
+@pytest.mark.parametrize("skews", [("+1h", "-1h"), ("-1h", "+1h")])
+def test_skewed_clocks_get_the_same_answers(skews):
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite's clock is each process's clock: hosts must share one (see the README)")
+    if not os.path.exists(FAKETIME):
+        pytest.skip("libfaketime is not installed (%s)" % FAKETIME)
+
+    def skewed(skew):
+        return child_env(LD_PRELOAD=FAKETIME, FAKETIME=skew, FAKETIME_DONT_FAKE_MONOTONIC="1")
+
+    name = "skewed-%s" % skews[0]
+    assert run_once(name, env=skewed(skews[0]))["ran"]
+    assert not run_once(name, env=skewed(skews[1]))["ran"]
+    assert not run_once(name)["ran"]
+    assert run_once(name + "-short", min_interval=1, env=skewed(skews[0]))["ran"]
+    wait_for(lambda: _age(last_run(name + "-short")) > 1.0, 5, "the period to pass by the database's clock")
+    assert run_once(name + "-short", min_interval=1, env=skewed(skews[1]))["ran"]
+
+
+def test_command_with_lock_min_interval_skips_a_second_run():
+    code, out, err = run_command("marathon_nightly")
+    assert code == 0 and "Ran the nightly job." in out, err
+    code, out, err = run_command("marathon_nightly")
+    assert code == 75, (out, err)
+    assert "'marathon_nightly' ran recently" in err and "Skipped this run." in err
+    assert "Ran the nightly job." not in out
+
+
+def test_a_failed_command_run_does_not_count():
+    code, out, err = run_command("marathon_nightly", "--fail")
+    assert code != 0 and "the nightly run failed" in err
+    assert last_run("marathon_nightly").outcome == "error"
+    code, out, err = run_command("marathon_nightly")
+    assert code == 0, err
+
+
+def test_min_interval_must_be_positive():
+    with pytest.raises(ValueError, match="min_interval must be a positive number of seconds"):
+        Marathon("x", min_interval=0)
