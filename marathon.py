@@ -51,6 +51,7 @@ import secrets
 import signal
 import socket
 import string
+import subprocess
 import sys
 import threading
 import time
@@ -1558,6 +1559,122 @@ class SingleRunner:
         _model().objects.filter(name=self.lock_name).delete()
 
 
+# ---- The supervisor: python -m marathon run NAME -- CMD ----
+# One copy of a long-running process across hosts (a Celery beat, a consumer):
+# every host starts the supervisor; one takes the lock and runs the command as
+# its child, the others wait. The lock is a lease: if it is lost, the child is
+# stopped before another host can take it over.
+
+_EXIT_HELD = 75  # EX_TEMPFAIL: --wait ran out while another host held the lock
+_EXIT_LOST = 70  # EX_SOFTWARE: the lock was lost while the child ran
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _supervise(name, command, wait=None, heartbeat=None, stale_after=None, using=None):
+    """Hold `name` while `command` runs as a child with our stdio; return the exit status.
+
+    The child's status is ours (128 + the signal if a signal ended it). While
+    waiting for the lock, SIGTERM, SIGINT or SIGHUP end the wait; while the
+    child runs they are passed on to it. A lost lock stops the child: SIGTERM
+    when the loss is reported (half an interval before anyone can take the
+    lock over), SIGKILL a quarter interval later.
+    """
+    lost = threading.Event()
+    lock = Marathon(
+        name,
+        wait=float("inf") if wait is None else wait,
+        heartbeat=heartbeat,
+        stale_after=stale_after,
+        using=using,
+        on_lost=lambda marathon: lost.set(),
+    )
+    received = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in _FORWARDED}
+    try:
+        logger.info("Waiting for the lock %r to run %s.", name, command)
+        print("marathon: waiting for the lock %r..." % name, file=sys.stderr, flush=True)
+        outcome = _acquire_unless_signalled(lock, wait, received)
+        if outcome is None:
+            return 128 + received[0]
+        if outcome.fence is None:
+            print("marathon: %s" % lock._refusal(outcome), file=sys.stderr, flush=True)
+            return _EXIT_HELD
+        print("marathon: got the lock %r (fence %s); starting %s" % (name, lock.fence, command), file=sys.stderr, flush=True)
+        try:
+            status = _run_child(lock, command, lost, received)
+        finally:
+            if lock.lost:
+                print("marathon: lost the lock %r: %s; stopped the child." % (name, lock._hold.reason), file=sys.stderr)
+                status = _EXIT_LOST
+            else:
+                lock.release()
+                logger.info("Released the lock %r after its child exited.", name)
+        return status
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _acquire_unless_signalled(lock, wait, received):
+    """Acquire, polling so that a signal ends a long wait; None if one did."""
+    deadline = float("inf") if wait is None else time.monotonic() + wait
+    for pause in _pauses():
+        outcome = lock._acquire(0)
+        if outcome.fence is not None:
+            return outcome
+        if received:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return outcome
+        _sleep(min(pause, remaining))
+
+
+def _run_child(lock, command, lost, received):
+    """Run the child while the lock is held; stop it if the lock is lost. Its exit status."""
+    hold = lock._hold
+    child = subprocess.Popen(_child_command(command))
+    logger.info("Started %s as pid %d under the lock %r (fence %s).", command, child.pid, lock.name, lock.fence)
+    grace, killed_at = hold.interval / 4, None
+    while child.poll() is None:
+        while received:
+            child.send_signal(received.pop(0))
+        if lost.is_set() and killed_at is None:
+            child.terminate()
+            killed_at = time.monotonic() + grace
+        if killed_at is not None and time.monotonic() >= killed_at:
+            child.kill()
+        lost.wait(0.01 if killed_at is not None else 0.05)
+    status = child.returncode if child.returncode >= 0 else 128 - child.returncode
+    logger.info("%s (pid %d) exited with status %d.", command, child.pid, status)
+    return status
+
+
+# On Linux the child is started through this small exec wrapper, which asks the
+# kernel for SIGKILL when its parent (the supervisor) dies, even by SIGKILL,
+# then becomes the command. A wrapper rather than a preexec_fn: forking a
+# process that runs threads (the heartbeat) must not run Python in the child.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(%d)  # the supervisor died before prctl: nobody would stop us\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as error:\n"
+    "    print('marathon: cannot run %%s: %%s' %% (sys.argv[2], error.strerror), file=sys.stderr)\n"
+    "    sys.exit(127)\n" % _EXIT_LOST
+)
+
+
+def _child_command(command):
+    """The command as started: on Linux through the wrapper above. Elsewhere there is no
+    such signal, and a SIGKILLed supervisor's child runs on (its lock goes stale as for any crash)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())] + list(command)
+
+
 # ---- Operating: states, the admin and the shell tool ----
 
 
@@ -1642,11 +1759,13 @@ something was listed or released, 1 if nothing was, 2 on bad usage."""
 
 
 def _main(argv):
-    """The shell tool: list locks, release them by name or all stale ones."""
+    """The shell tool: list locks, release them by name or all stale ones; run a command under a lock."""
     args = list(argv)
     alias = None
     if args[:1] == ["--database"] and len(args) > 1:
         alias, args = args[1], args[2:]
+    if args[:1] == ["run"]:
+        return _main_run(args[1:], alias)
     if not args or args[0] not in ("list", "release") or (args[0] == "release" and len(args) < 2):
         print(_USAGE, file=sys.stderr)
         return 2
@@ -1675,6 +1794,26 @@ def _main(argv):
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0 if locks else 1
+
+
+def _main_run(args, alias):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m marathon run", description="Run CMD while holding the lock NAME.")
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("--wait", type=float, default=None, help="seconds to wait for the lock (default: for ever)")
+    parser.add_argument("--heartbeat", type=float, default=None)
+    parser.add_argument("--stale-after", type=float, default=None)
+    parser.add_argument("--database", default=alias)
+    parser.usage = "python -m marathon run NAME [--wait S] [--heartbeat S] [--stale-after S] [--database ALIAS] -- CMD [ARGS...]"
+    split = args.index("--") if "--" in args else len(args)
+    options, command = parser.parse_args(args[:split]), args[split + 1 :]
+    if not command:
+        parser.error("the command to run comes after --")
+    django.setup()
+    return _supervise(
+        options.name, command, options.wait, options.heartbeat, options.stale_after, options.database
+    )
 
 
 # ---- The app config ----
