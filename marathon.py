@@ -19,19 +19,23 @@ next acquire takes it over. All times come from the database's clock.
 The sections, in the order they read:
 
 - Defaults, exceptions, settings, lock names, system checks.
-- The model: ``Lock``, one row per held lock.
+- The model: ``Lock``, one row per held lock, and ``LastRun``, the last run
+  of each lock that has a ``min_interval``.
 - The SQL: each lock operation as the fewest statements each database allows.
 - Connections: which connection runs a lock statement (Django's, one of our
   own inside the caller's transaction, or the test's inside a TestCase), and a
   release deferred to the end of the caller's transaction.
+- Test seams: named points where a test can stop a thread.
 - Holds and the registry: one acquisition's state, and the one mutex that
   guards every hold of the process; reset in a forked child.
 - The heartbeat: a thread per database that refreshes every hold, its session
   thread that owns the connection, and the reporter that runs logs, signals
   and callbacks off the heartbeat's schedule.
-- ``Marathon``: acquire, release, the context manager and the decorator.
+- ``Marathon``: acquire and release, sync and async; the context managers; the
+  decorator, whose name may be filled from each call's arguments.
 - ``SingleRunnerCommand``, and 0.1's ``SingleRunner``.
-- Operating: states, the admin and ``python -m marathon``.
+- The supervisor: ``python -m marathon run NAME -- CMD``.
+- Operating: states, the admin and ``python -m marathon list|release``.
 - The app config, then the import-system glue that makes this module the app.
 """
 
