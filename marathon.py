@@ -1262,6 +1262,8 @@ class Marathon:
         return await _in_thread_uncancelled(self.release)
 
     def _release_now(self, hold, outcome):
+        if not hold.mine():
+            return False  # a deferred release inherited by a forked child: the parent's to make
         if not _registry_here().unregister(hold, _RELEASED):
             self._record_loss(hold)
             return False  # lost: its row is another holder's now, or ours but stale; not ours to touch
