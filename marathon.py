@@ -107,6 +107,7 @@ _MAX_NAME_LENGTH = 255
 _POLL_INTERVALS = (0.05, 0.1, 0.2, 0.5, 1.0)  # seconds between attempts while waiting
 _LINGER = 1.0  # seconds an idle heartbeat or reporter thread waits for more work before it ends
 _BEAT_CHUNK = 400  # locks per heartbeat UPDATE: two parameters each, below SQLite's old limit of 999
+_FORK_WAIT = 10.0  # seconds a fork waits for marathon's SQLite statements in flight
 
 logger = logging.getLogger("marathon")
 
@@ -418,13 +419,11 @@ def _sql(template, vendor):
 _ACQUIRE_POSTGRESQL = "SELECT * FROM marathon_acquire(%s, %s, %s, %s::float8)"
 _RELEASE_POSTGRESQL = "SELECT marathon_release(%s::bigint, %s)"
 _BEAT_POSTGRESQL = "SELECT marathon_beat(%s::bigint[], %s::text[])"
-# SQLite 3.35+: on conflict the no-op update makes RETURNING give the holder's row.
-_ACQUIRE_SQLITE = _sql(
-    "INSERT INTO marathon_lock " + _COLUMNS + " ON CONFLICT (name) DO UPDATE SET name = excluded.name "
-    "RETURNING token = %s, " + _HOLDER_COLUMNS,
-    "sqlite",
-)
-# MySQL/MariaDB, and older SQLite: insert if free; only if not, read the holder.
+# MySQL/MariaDB: insert if free; only if not, read the holder. SQLite reads
+# first and inserts only if the name is free: any INSERT, even one that
+# inserts nothing, waits for every reader to end, and a reader that then
+# wants to write fails at once (SQLite's deadlock rule), so an attempt on a
+# held lock must not write.
 _INSERT_IF_FREE = {
     "mysql": _sql("INSERT IGNORE INTO marathon_lock " + _COLUMNS, "mysql"),
     "sqlite": _sql("INSERT OR IGNORE INTO marathon_lock " + _COLUMNS, "sqlite"),
@@ -518,14 +517,18 @@ def _insert_or_read_holder(cursor, name, owner, token, stale_after):
             return _Outcome(None, None)
         acquired, row = rows[0][0], _Holder(*rows[0][1:], token=None)
         return _Outcome(row.id, None) if acquired else _Outcome(None, row)
-    if vendor == "sqlite" and cursor.db.Database.sqlite_version_info >= (3, 35):
-        cursor.execute(_ACQUIRE_SQLITE, [name, owner, token, stale_after, token])
-        row = cursor.fetchall()[0]  # fetch all: SQLite commits when the statement ends
-        return _Outcome(row[1], None) if row[0] else _Outcome(None, _Holder(*row[1:]))
+    if vendor == "sqlite":
+        outcome = _read_holder(cursor, name, token)
+        if outcome.fence is not None or outcome.holder is not None:
+            return outcome
     cursor.execute(_INSERT_IF_FREE[vendor], [name, owner, token, stale_after])
     if cursor.rowcount == 1:
         return _Outcome(cursor.lastrowid, None)
-    cursor.execute(_SELECT_HOLDER[vendor], [name])
+    return _read_holder(cursor, name, token)
+
+
+def _read_holder(cursor, name, token):
+    cursor.execute(_SELECT_HOLDER[cursor.db.vendor], [name])
     row = cursor.fetchone()
     if row is None:
         return _Outcome(None, None)
@@ -604,15 +607,20 @@ def _rowcount(cursor, sql, params):
     return cursor.rowcount
 
 
-def _explained(exc, name, vendor):
+def _explained(exc, name, connection):
     """The database error `exc` of lock `name`, with what to do about it where we know."""
     text = str(exc)
-    if vendor == "sqlite" and "locked" in text:
+    if connection.vendor == "sqlite" and "locked" in text and _in_transaction(connection):
         advice = (
-            "SQLite lets one connection write at a time, and another one is writing (inside "
-            "transaction.atomic(), marathon's statements run on a connection of their own, which "
-            "waits for yours to end): take the lock before atomic(), or release it only after, or "
+            "SQLite lets one connection write at a time, and inside transaction.atomic() "
+            "marathon's statements run on a connection of their own, which waits for your "
+            "transaction to end once it has read or written: take the lock before atomic(), or "
             "use WAL journal mode so that readers do not block it"
+        )
+    elif connection.vendor == "sqlite" and "locked" in text:
+        advice = (
+            "another connection kept the SQLite database locked for longer than the busy timeout "
+            "(OPTIONS['timeout']): SQLite lets one connection write at a time"
         )
     elif "lock timeout" in text or "Lock wait timeout" in text:
         advice = (
@@ -658,6 +666,11 @@ def _in_transaction(connection):
 def _run(alias, operation, *args):
     """Run operation(cursor, *args) where it commits at once (see above)."""
     connection = connections[alias]
+    with _fork_guard.statement(connection):
+        return _run_here(connection, alias, operation, *args)
+
+
+def _run_here(connection, alias, operation, *args):
     if _in_testcase(connection):
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             return operation(cursor, *args)
@@ -851,7 +864,53 @@ def _forget_parent():
     _registry = _Registry()
 
 
+class _ForkGuard:
+    """A fork waits (at most _FORK_WAIT seconds) for marathon's SQLite statements in flight.
+
+    SQLite keeps its file locks in a table of the process. A child forked in
+    the middle of a statement inherits that table with the lock marked held by
+    a connection that no longer runs, and its own connections to the same file
+    wait on it for ever.
+    """
+
+    def __init__(self):
+        self.idle = threading.Condition(threading.Lock())
+        self.running = 0
+
+    @contextlib.contextmanager
+    def statement(self, connection):
+        if connection.vendor != "sqlite":
+            yield
+            return
+        with self.idle:
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.idle:
+                self.running -= 1
+                self.idle.notify_all()
+
+    def before_fork(self):
+        self.idle.acquire()
+        self.idle.wait_for(lambda: not self.running, _FORK_WAIT)
+
+    def after_fork_in_parent(self):
+        self.idle.release()
+
+    def after_fork_in_child(self):
+        self.running = 0  # statements in flight ran in threads the child does not have
+        self.idle.release()
+
+
+_fork_guard = _ForkGuard()
+
 if hasattr(os, "register_at_fork"):  # Python 3.7+
+    os.register_at_fork(
+        before=_fork_guard.before_fork,
+        after_in_parent=_fork_guard.after_fork_in_parent,
+        after_in_child=_fork_guard.after_fork_in_child,
+    )
     os.register_at_fork(after_in_child=_forget_parent)
 
 
@@ -1013,7 +1072,7 @@ class _Session(threading.Thread):
         connection = connections[self.alias]
         for attempt in (1, 2):
             try:
-                with connection.cursor() as cursor:
+                with _fork_guard.statement(connection), connection.cursor() as cursor:
                     if connection.vendor == "postgresql":
                         cursor.execute(_BEAT_POSTGRESQL, [[h.fence for h in holds], [h.token for h in holds]])
                         return {row[0] for row in cursor.fetchall()}
@@ -1209,7 +1268,7 @@ class Marathon:
             )
         except OperationalError as exc:
             if plan.vendor != "sqlite" or "locked" not in str(exc):
-                raise _explained(exc, self.name, plan.vendor) from exc
+                raise _explained(exc, self.name, connections[plan.alias]) from exc
             # SQLite has one writer at a time and its busy timeout ran out:
             # retried until `wait` runs out, then raised, never taken for a holder.
             return _Outcome(None, None, exc)
@@ -1271,7 +1330,7 @@ class Marathon:
         try:
             removed = _run(hold.alias, _finish, hold.fence, hold.token, recorded)
         except OperationalError as exc:
-            raise _explained(exc, self.name, connections[hold.alias].vendor) from exc
+            raise _explained(exc, self.name, connections[hold.alias]) from exc
         if removed:
             logger.info(
                 "Released the lock %r (fence %s, owner %s) after %.3f s.",
@@ -1380,7 +1439,7 @@ class _Plan(collections.namedtuple("_Plan", "alias vendor owner token heartbeat 
         if remaining > 0:
             return min(pause, remaining)
         if outcome.busy is not None:
-            raise _explained(outcome.busy, name, self.vendor) from outcome.busy
+            raise _explained(outcome.busy, name, connections[self.alias]) from outcome.busy
         return None
 
 

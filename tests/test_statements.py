@@ -47,8 +47,8 @@ def _targets():
     """Most statements allowed for (acquire, failed attempt, release) on this database."""
     if connection.vendor == "mysql":
         return 2, 2, 1
-    if connection.vendor == "sqlite" and connection.Database.sqlite_version_info < (3, 35):
-        return 1, 2, 1  # no RETURNING before SQLite 3.35: a failed attempt reads the holder
+    if connection.vendor == "sqlite":
+        return 2, 1, 1  # it reads first: an attempt on a held lock must not write
     return 1, 1, 1
 
 
