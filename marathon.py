@@ -46,7 +46,9 @@ import collections
 import contextlib
 import datetime
 import functools
+import gc
 import inspect
+import itertools
 import logging
 import os
 import queue
@@ -108,6 +110,7 @@ _POLL_INTERVALS = (0.05, 0.1, 0.2, 0.5, 1.0)  # seconds between attempts while w
 _LINGER = 1.0  # seconds an idle heartbeat or reporter thread waits for more work before it ends
 _BEAT_CHUNK = 400  # locks per heartbeat UPDATE: two parameters each, below SQLite's old limit of 999
 _FORK_WAIT = 10.0  # seconds a fork waits for marathon's SQLite statements in flight
+_SLICE = 0.05  # seconds between two looks at the deadlines while a heartbeat waits for its answer
 
 logger = logging.getLogger("marathon")
 
@@ -660,7 +663,15 @@ def _in_testcase(connection):
 
 
 def _in_transaction(connection):
-    return connection.in_atomic_block or (connection.connection is not None and not connection.get_autocommit())
+    """Would a statement on `connection` wait for a commit? (AUTOCOMMIT = False in DATABASES too.)"""
+    if connection.in_atomic_block or not connection.settings_dict["AUTOCOMMIT"]:
+        return True
+    return connection.connection is not None and not connection.get_autocommit()
+
+
+def _own_connection(connection):
+    """A connection of marathon's own to the same database, in autocommit whatever DATABASES says."""
+    return type(connection)(dict(connection.settings_dict, AUTOCOMMIT=True), connection.alias)
 
 
 def _run(alias, operation, *args):
@@ -675,7 +686,7 @@ def _run_here(connection, alias, operation, *args):
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             return operation(cursor, *args)
     if _in_transaction(connection):
-        private = type(connection)(connection.settings_dict, alias)
+        private = _own_connection(connection)
         try:
             with private.cursor() as cursor:
                 return operation(cursor, *args)
@@ -701,29 +712,70 @@ def _run_here(connection, alias, operation, *args):
             connection.close()
 
 
-def _at_transaction_end(connection, release):
-    """Call release() once, when the caller's outermost transaction ends, by commit or by rollback.
+def _callers_transaction(alias):
+    """The connection whose transaction a release waits for: the lock's database's if it is in
+    atomic(), else the first of this thread's other connections that is (MARATHON_DATABASE may
+    differ from the database the caller writes to). None outside transactions, and in a TestCase."""
+    for connection in [connections[alias]] + [connections[other] for other in connections if other != alias]:
+        if connection.in_atomic_block:
+            return None if _in_testcase(connection) else connection
+    return None
+
+
+def _at_transaction_end(connection, pending):
+    """Run the release in `pending` once, when the caller's outermost transaction on
+    `connection` ends, by commit or by rollback. Whoever pops it from the list runs it.
 
     on_commit() covers a commit. A rollback makes Django discard its on_commit
     callbacks, and with them the only reference to ours, whose finalizer then
     releases. A rollback to a savepoint discards them too while the
-    transaction goes on: then it waits again for the outermost end.
+    transaction goes on: then it waits again for the outermost end. Where
+    neither fires (the connection was closed inside the transaction, or the
+    callback was discarded by the cyclic garbage collector, where no database
+    work and no lock may be taken) the heartbeat notices that the
+    transaction has ended (see _transaction_ended) and has the reporter run it.
     """
-    pending = [release]
 
     def at_commit():
-        pending.pop()()
+        _run_pending(pending)
 
     def discarded():
-        if not pending:
+        if not pending or _collecting:
             return
         if connection.in_atomic_block and not connection.closed_in_transaction:
-            _at_transaction_end(connection, pending.pop())
+            _at_transaction_end(connection, pending)
         else:
-            pending.pop()()
+            _run_pending(pending)
 
     weakref.finalize(at_commit, discarded).atexit = False
     connection.on_commit(at_commit)
+
+
+def _run_pending(pending):
+    """Run the release in `pending` if nobody has yet (list.pop is atomic)."""
+    try:
+        release = pending.pop()
+    except IndexError:
+        return
+    release()
+
+
+def _transaction_ended(connection):
+    """Read from another thread, without I/O: has the transaction a deferred release waits for
+    ended, committed or not? (During a commit in_atomic_block is already False while
+    autocommit is not yet back on; a closed connection has no transaction.)"""
+    return not connection.in_atomic_block and (connection.autocommit or connection.connection is None)
+
+
+_collecting = False  # True while the cyclic garbage collector runs (finalizers must not block)
+
+
+def _note_collection(phase, info):
+    global _collecting
+    _collecting = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
 
 
 # ---- Test seams ----
@@ -732,7 +784,8 @@ def _at_transaction_end(connection, release):
 # Points: "acquire.taken" (the row is ours, nothing registered yet),
 # "heartbeat.start" (a heartbeat thread is about to start),
 # "heartbeat.beat" (on the heartbeat thread, with its snapshot of holds),
-# "heartbeat.idle" (on the heartbeat thread, about to decide whether to end).
+# "heartbeat.idle" (on the heartbeat thread, about to decide whether to end),
+# "session.refresh" (on the session thread, before the heartbeat's statement).
 
 _hook = None
 
@@ -747,6 +800,13 @@ def _at(point, **facts):
 
 _HELD, _DEFERRED, _RELEASED, _LOST = "held", "release deferred", "released", "lost"
 
+# A hold's times: the clock that goes on while the machine sleeps (Linux), so
+# that a host that wakes from a suspend finds its deadlines passed.
+if hasattr(time, "CLOCK_BOOTTIME"):
+    _clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+else:  # pragma: no cover - not Linux, or Python 3.6
+    _clock = time.monotonic
+
 
 class _Hold:
     """One acquisition of a lock. Its state is written only by the registry, under its mutex."""
@@ -760,13 +820,14 @@ class _Hold:
         self.interval = plan.heartbeat
         self.stale_after = plan.stale_after
         self.min_interval = plan.min_interval
-        self.acquired = self.confirmed = confirmed  # monotonic time the acquire was sent
+        self.acquired = self.confirmed = confirmed  # _clock() when the acquire was sent
         self.due = confirmed + plan.heartbeat  # when the next beat is due
         self.beaten = beaten  # False inside a TestCase: its row is invisible to the heartbeat
         self.pid = os.getpid()  # a forked child inherits the object, not the lock
         self.state = _HELD
         self.reason = None  # why it was lost
         self.row_gone = False  # lost because the database said its row was gone
+        self.deferred = None  # (connection, pending release) while its release waits for a transaction
 
     @property
     def deadline(self):
@@ -775,6 +836,10 @@ class _Hold:
 
     def mine(self):
         return self.pid == os.getpid()
+
+    def overdue(self):
+        """Past its deadline and not confirmed: another holder may take it over soon."""
+        return self.beaten and _clock() >= self.deadline
 
 
 class _Registry:
@@ -835,6 +900,16 @@ class _Registry:
             self._forget(hold)
             self._report(functools.partial(_report_loss, hold))
 
+    def lost_at_release(self, hold, reason):
+        """A release found the row gone: the hold was lost; report it as every loss is."""
+        with self.mutex:
+            if hold.state != _RELEASED:
+                return
+            hold.state = _LOST
+            hold.reason = reason
+            hold.row_gone = True
+            self._report(functools.partial(_report_loss, hold))
+
     def report(self, job):
         with self.mutex:
             self._report(job)
@@ -842,7 +917,7 @@ class _Registry:
     def _forget(self, hold):
         heartbeat = self.heartbeats.get(hold.alias)
         if heartbeat is not None and heartbeat.holds.pop(hold.token, None) is not None and not heartbeat.holds:
-            heartbeat.idle_since = time.monotonic()
+            heartbeat.idle_since = _clock()
             heartbeat.wake.set()  # idle: end its session now, linger from now
 
     def _report(self, job):
@@ -958,13 +1033,18 @@ class _Heartbeat(threading.Thread):
                 try:
                     self._beat(holds)
                 except Exception:  # never let a surprise stop the beats of every other lock
-                    self.registry.report(functools.partial(logger.exception, "The heartbeat on %r failed.", self.alias))
+                    self.registry.report(
+                        functools.partial(
+                            logger.error, "The heartbeat on %r failed.", self.alias, exc_info=sys.exc_info()
+                        )
+                    )
         finally:
             self._end_session()
             with self.registry.mutex:
-                if self.holds and self.registry.heartbeats.get(self.alias) is self:
-                    # It died with holds: they get a thread of their own now, or,
-                    # if none can start, from the next register().
+                if self.registry.heartbeats.get(self.alias) is self:
+                    # It died: its holds get a thread of their own now, or, if
+                    # none can start, from the next register(), which adopts
+                    # them from a thread that is no longer alive.
                     with contextlib.suppress(RuntimeError):
                         self.registry._start_heartbeat(self.alias, self)
 
@@ -976,7 +1056,7 @@ class _Heartbeat(threading.Thread):
                 self._end_session()
                 _at("heartbeat.idle", alias=self.alias)
             with self.registry.mutex:
-                now = time.monotonic()
+                now = _clock()
                 idle = not self.holds
                 if not idle:
                     due = min(hold.due for hold in self.holds.values())
@@ -996,7 +1076,7 @@ class _Heartbeat(threading.Thread):
             self.wake.clear()  # state is read again after every wake, under the mutex
 
     def _beat(self, holds):
-        sent = time.monotonic()
+        sent = _clock()
         for hold in holds:
             if sent >= hold.deadline:
                 self.registry.lose(hold, "the database could not be reached for %.1f s" % (sent - hold.confirmed))
@@ -1008,22 +1088,23 @@ class _Heartbeat(threading.Thread):
             self.session.start()
         answer = queue.Queue()
         self.session.jobs.put((holds, answer))
-        first_deadline = min(hold.deadline for hold in holds)
-        try:  # wait no longer than the first of these holds may go unconfirmed
-            alive, error = answer.get(timeout=max(first_deadline - sent, 0.001))
-        except queue.Empty:
-            alive, error = None, "the database did not answer"
-            self._end_session()  # a stuck session ends if its query ever returns
-        now = time.monotonic()
-        for hold in holds:
+        alive, error = self._answer(answer, holds)
+        now = _clock()
+        snapshot = set(holds)
+        with self.registry.mutex:  # holds taken while it waited are judged too
+            judged = holds + [hold for hold in self.holds.values() if hold not in snapshot]
+        for hold in judged:
             if error is None and hold.fence in alive:
                 hold.confirmed, hold.due = sent, sent + hold.interval
-            elif error is None:
+            elif error is None and hold in snapshot:
                 self.registry.lose(hold, "its row was deleted or taken over", row_gone=True)
             elif now >= hold.deadline:
                 self.registry.lose(hold, "the database could not be reached for %.1f s" % (now - hold.confirmed))
-            else:
+            elif error is not None:
                 hold.due = min(now + hold.interval / 4, hold.deadline)  # retry soon
+        for hold in holds:  # a release waiting for a transaction that ended unseen
+            if hold.state == _DEFERRED and _transaction_ended(hold.deferred[0]):
+                self.registry.report(functools.partial(_run_pending, hold.deferred[1]))
         if error is not None:
             self.registry.report(
                 functools.partial(
@@ -1036,6 +1117,19 @@ class _Heartbeat(threading.Thread):
                     logger.debug, "Heartbeat refreshed %d of %d lock(s) on %r.", len(alive), len(holds), self.alias
                 )
             )
+
+    def _answer(self, answer, holds):
+        """The session's answer: (alive fences, None), or (None, error). It waits no longer than the
+        first deadline of any registered hold, those taken while it waits included."""
+        while True:
+            with self.registry.mutex:
+                first = min(hold.deadline for hold in itertools.chain(holds, self.holds.values()))
+            try:
+                return answer.get(timeout=max(min(first - _clock(), _SLICE), 0.001))
+            except queue.Empty:
+                if _clock() >= first:
+                    self._end_session()  # a stuck session ends if its query ever returns
+                    return None, "the database did not answer"
 
     def _end_session(self):
         if self.session is not None:
@@ -1056,8 +1150,10 @@ class _Session(threading.Thread):
         super().__init__(name="marathon-session-%s" % alias, daemon=True)
         self.alias = alias
         self.jobs = queue.Queue()  # (holds, answer queue), or None to end
+        self.connection = None  # its own, made in its thread
 
     def run(self):
+        self.connection = _own_connection(connections[self.alias])
         try:
             for holds, answer in iter(self.jobs.get, None):
                 try:
@@ -1065,11 +1161,13 @@ class _Session(threading.Thread):
                 except Exception as exc:  # the database's errors vary; the heartbeat retries them all
                     answer.put((None, exc))
         finally:
-            connections[self.alias].close()
+            with contextlib.suppress(Exception):
+                self.connection.close()
 
     def _refresh(self, holds):
         """The fences whose rows it refreshed. Reconnects once."""
-        connection = connections[self.alias]
+        connection = self.connection
+        _at("session.refresh", holds=holds)
         for attempt in (1, 2):
             try:
                 with _fork_guard.statement(connection), connection.cursor() as cursor:
@@ -1119,7 +1217,7 @@ class _Reporter(threading.Thread):
                 continue
             try:
                 job()
-            except Exception:
+            except BaseException:  # not even SystemExit from a callback may end the reports
                 with contextlib.suppress(Exception):
                     logger.exception("A marathon report failed.")
 
@@ -1132,7 +1230,7 @@ def _report_loss(hold):
         lock_lost.send(Marathon, name=marathon.name, owner=hold.owner, fence=hold.fence)
         if marathon.on_lost is not None:
             marathon.on_lost(marathon)
-    except Exception:
+    except BaseException:
         logger.exception("The lock_lost handler or on_lost callback of %r failed.", marathon.name)
 
 # ---- Marathon ----
@@ -1188,9 +1286,10 @@ class Marathon:
 
     @property
     def held(self):
-        """True from a successful acquire until release, or until the lock is lost."""
+        """True from a successful acquire until release, or until the lock is lost or its loss
+        deadline has passed unconfirmed (a process that was paused knows before its heartbeat says)."""
         hold = self._hold
-        return hold is not None and hold.state == _HELD and hold.mine()
+        return hold is not None and hold.state == _HELD and hold.mine() and not hold.overdue()
 
     @property
     def lost(self):
@@ -1207,9 +1306,14 @@ class Marathon:
         return self._hold.owner if self._hold is not None else None
 
     def check(self):
-        """Raise LockLost if the lock was lost; a cheap call for long loops."""
-        if self.lost:
-            raise LockLost(self.name, self._hold.reason)
+        """Raise LockLost if the lock was lost, or is past its loss deadline; a cheap call for long loops."""
+        hold = self._hold
+        if hold is None:
+            return
+        if hold.state == _LOST:
+            raise LockLost(self.name, hold.reason)
+        if hold.state == _HELD and hold.overdue():
+            raise LockLost(self.name, "it was not confirmed for %.1f s" % (_clock() - hold.confirmed))
 
     # -- acquire and release --
 
@@ -1243,7 +1347,8 @@ class Marathon:
 
     def _plan(self, wait):
         """What every attempt of one acquisition needs; raises on bad settings before any query."""
-        if self.held:
+        hold = self._hold
+        if hold is not None and hold.state == _HELD and hold.mine():
             raise MarathonError("%r is already held by this Marathon object; use one per holder." % self)
         heartbeat, stale_after = self._timing(
             _setting("MARATHON_HEARTBEAT") if self.heartbeat is None else self.heartbeat,
@@ -1261,7 +1366,7 @@ class Marathon:
 
     def _try(self, plan):
         """One attempt. If it takes the lock, the lock is held and beaten when it returns."""
-        sent = time.monotonic()
+        sent = _clock()
         try:
             outcome = _run(
                 plan.alias, _take, self.name, plan.owner, plan.token, plan.stale_after, plan.min_interval
@@ -1290,7 +1395,8 @@ class Marathon:
             lock_acquired.send(Marathon, name=self.name, owner=plan.owner, fence=fence, took_over=took_over)
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to see
-                self._release_now(hold, None)
+                if _registry_here().unregister(hold, _RELEASED):
+                    _run(hold.alias, _delete_own, fence, hold.token)
             raise
 
     def release(self):
@@ -1308,11 +1414,12 @@ class Marathon:
         hold = self._hold
         if hold is None or not hold.mine():
             return False  # never acquired, or acquired by the parent of this forked process
-        connection = connections[hold.alias]
-        if hold.beaten and connection.in_atomic_block and not _in_testcase(connection):
+        transaction_ = _callers_transaction(hold.alias) if hold.beaten else None
+        if transaction_ is not None:
+            hold.deferred = (transaction_, [functools.partial(self._release_logged, hold, outcome)])
             if not _registry_here().unregister(hold, _DEFERRED):
                 return False
-            _at_transaction_end(connection, functools.partial(self._release_logged, hold, outcome))
+            _at_transaction_end(*hold.deferred)
             return True
         return self._release_now(hold, outcome)
 
@@ -1331,16 +1438,18 @@ class Marathon:
             removed = _run(hold.alias, _finish, hold.fence, hold.token, recorded)
         except OperationalError as exc:
             raise _explained(exc, self.name, connections[hold.alias]) from exc
-        if removed:
-            logger.info(
-                "Released the lock %r (fence %s, owner %s) after %.3f s.",
-                self.name,
-                hold.fence,
-                hold.owner,
-                time.monotonic() - hold.acquired,
-            )
-            lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
-        return removed
+        if not removed:
+            _registry_here().lost_at_release(hold, "its row was deleted or taken over before the release")
+            return False
+        logger.info(
+            "Released the lock %r (fence %s, owner %s) after %.3f s.",
+            self.name,
+            hold.fence,
+            hold.owner,
+            _clock() - hold.acquired,
+        )
+        lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
+        return True
 
     def _record_loss(self, hold):
         """A lost run of a lock with a min_interval: recorded once, if the database said the row was gone."""
@@ -1355,10 +1464,9 @@ class Marathon:
     def _release_logged(self, hold, outcome):
         """A release deferred to the end of a transaction: there, an error can only be logged."""
         try:
-            if not self._release_now(hold, outcome) and hold.state != _LOST:
-                logger.error("Released the lock %r at the end of a transaction, but its row was gone.", self.name)
+            self._release_now(hold, outcome)  # a loss it finds is reported as every loss is
         except Exception:
-            logger.exception("Could not release the lock %r at the end of a transaction; it goes stale.", self.name)
+            logger.exception("The release of the lock %r at the end of a transaction failed.", self.name)
 
     # -- context managers and decorator --
 

@@ -90,6 +90,9 @@ if CHILD:
         "ignore", r"distutils Version classes are deprecated", DeprecationWarning
     )
 
+if os.environ.get("MARATHON_TEST_AUTOCOMMIT") == "0":
+    _default["AUTOCOMMIT"] = False  # a project that manages its transactions by hand
+
 DATABASES = {"default": _default}
 
 # --- Django -----------------------------------------------------------------

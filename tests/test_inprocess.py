@@ -6,6 +6,7 @@ names the item of issue 8 it checks.
 """
 import datetime
 import logging
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 import marathon
 from marathon import AlreadyRunning, Lock, LockLost, Marathon, SingleRunner, lock_acquired, lock_lost
-from tests.fixtures_lock import heartbeat_threads, wait_for
+from tests.fixtures_lock import child_env, heartbeat_threads, start_python, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -432,3 +433,118 @@ def test_lost_is_reported_as_lock_lost_on_leaving_the_block():
         with Marathon("deleted-under-us", **FAST) as lock:
             Lock.objects.using("default").filter(name="deleted-under-us").delete()
             wait_for(lambda: lock.lost, BOUND, "the loss")
+
+
+# ---- What the adversarial review found ----
+
+
+def test_a_release_deferred_past_a_closed_connection_still_happens():
+    """close_old_connections() inside atomic() left the deferred release parked for ever, beaten."""
+    from django.db import close_old_connections, transaction
+
+    with transaction.atomic():
+        with Marathon("closed-in-transaction", **FAST):
+            pass
+        connection.close()  # as close_old_connections() does for a broken connection
+    close_old_connections()
+    wait_for(lambda: row("closed-in-transaction") is None, BOUND, "the deferred release")
+
+
+def test_a_release_discarded_by_the_garbage_collector_still_happens(monkeypatch):
+    """A finalizer run by the cyclic collector must not take locks: the heartbeat sees to it."""
+    from django.db import transaction
+
+    monkeypatch.setattr(marathon, "_collecting", True)  # as if the collector discarded it
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            with Marathon("collected", **FAST):
+                pass
+            raise RuntimeError("roll back")
+    monkeypatch.setattr(marathon, "_collecting", False)
+    assert row("collected") is not None  # nothing ran during the "collection"
+    wait_for(lambda: row("collected") is None, BOUND, "the heartbeat to have the release run")
+
+
+def test_autocommit_false_in_databases_still_commits_every_lock_statement():
+    code = (
+        "import json, django; django.setup()\n"
+        "from marathon import Marathon\n"
+        "lock = Marathon('manual-transactions', heartbeat=0.2, stale_after=2)\n"
+        "print(json.dumps(lock.acquire()))\n"
+        "import sys; sys.stdout.flush(); sys.stdin.readline()\n"
+        "print(json.dumps([lock.held, lock.release()]))\n"
+    )
+    child = start_python(["-c", code], env=child_env(MARATHON_TEST_AUTOCOMMIT="0"), stdin=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == "true"
+        assert row("manual-transactions") is not None  # committed: another process sees it
+        wait_for(lambda: row("manual-transactions").heartbeat_at > row("manual-transactions").locked_at, BOUND, "a beat")
+        out, err = child.communicate("go\n", timeout=BOUND)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    assert out.strip() == "[true, true]"
+    assert row("manual-transactions") is None
+
+
+def test_a_hold_taken_while_a_beat_hangs_is_lost_by_its_own_deadline():
+    """The beat waited only for its own snapshot's deadlines; a hold taken meanwhile went unjudged."""
+    long = Marathon("long-stale", heartbeat=0.2, stale_after=60)
+    with seam("session.refresh") as stuck:
+        assert long.acquire()
+        assert stuck.reached.wait(BOUND), "no beat"
+        short = Marathon("short-stale", heartbeat=0.2, stale_after=1)
+        assert short.acquire()
+        taken = time.monotonic()
+        wait_for(lambda: short.lost, BOUND, "the short hold to be lost")
+        assert time.monotonic() - taken < 1.0 + 0.5  # by its deadline, not the long hold's
+        assert not long.lost
+        stuck.go.set()
+    assert long.release()
+    assert not short.release()
+
+
+def test_a_loss_found_by_the_release_is_reported_as_a_loss():
+    reported = []
+
+    def receiver(sender, name, **kwargs):
+        reported.append(name)
+
+    lock_lost.connect(receiver)
+    called = threading.Event()
+    try:
+        with pytest.raises(LockLost):
+            with Marathon("gone-at-release", on_lost=lambda lock: called.set(), heartbeat=5, stale_after=60):
+                Lock.objects.using("default").filter(name="gone-at-release").delete()
+        assert called.wait(BOUND)
+        wait_for(lambda: reported == ["gone-at-release"], BOUND, "lock_lost")
+    finally:
+        lock_lost.disconnect(receiver)
+
+
+def test_an_on_lost_that_exits_does_not_end_the_reports():
+    seen = []
+
+    def leave(lock):
+        seen.append(lock.name)
+        raise SystemExit("a callback that exits")
+
+    first = Marathon("exits-a", on_lost=leave, **FAST)
+    second = Marathon("exits-b", on_lost=leave, **FAST)
+    assert first.acquire() and second.acquire()
+    Lock.objects.using("default").filter(name__startswith="exits-").delete()
+    wait_for(lambda: sorted(seen) == ["exits-a", "exits-b"], BOUND, "both reports")
+
+
+def test_a_paused_holder_knows_at_its_deadline():
+    """held and check() look at the deadline themselves: a paused process may not hear the heartbeat."""
+    lock = Marathon("paused", heartbeat=0.2, stale_after=1)
+    with seam("session.refresh") as stuck:  # the heartbeat cannot confirm it
+        assert lock.acquire()
+        wait_for(lambda: not lock.held, BOUND, "held to turn False at the deadline")
+        with pytest.raises(LockLost):
+            lock.check()
+        stuck.go.set()
+    lock.release()
