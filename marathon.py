@@ -1538,6 +1538,65 @@ def _owner():
 
 
 # ---- SingleRunnerCommand ----
+# A run that is refused says why (who holds the lock, since when, when it last
+# beat; or when the last run finished), with times in the project's time zone.
+
+
+def _refused(lock, outcome):
+    """AlreadyRunning's or RanRecently's words for an acquire of `lock` that did not take it,
+    with times in the project's time zone."""
+    vendor = connections[_alias(lock.using)].vendor
+    last_run, holder = outcome.last_run, outcome.holder
+    if last_run is not None:
+        finished = _aware(last_run.finished_at, vendor)
+        return "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)." % (
+            lock.name,
+            last_run.owner or "an unknown holder",
+            _for_people(finished),
+            _for_people(finished + datetime.timedelta(seconds=lock.min_interval)),
+            lock.min_interval,
+        )
+    if holder is None:
+        return "%r is already running: the lock is held by an unknown holder." % (lock.name,)
+    by_hand = not holder.token  # no token: a row made by hand (on PostgreSQL, where no token is read, moot)
+    if holder.heartbeat_at:
+        beat = "last heartbeat %s" % _for_people(_aware(holder.heartbeat_at, vendor, by_hand))
+    else:
+        beat = "no heartbeat: a lock made by hand, released only by deleting its row"
+    return "%r is already running: the lock is held by %s since %s (%s)." % (
+        lock.name,
+        holder.owner or "an unknown holder",
+        _for_people(_aware(holder.locked_at, vendor, by_hand)),
+        beat,
+    )
+
+
+def _aware(value, vendor, by_hand=False):
+    """A time read from the lock tables, as an aware datetime (None stays None).
+
+    marathon writes the database's "now" in UTC. With USE_TZ = False Django
+    hands over naive times: UTC as written on SQLite and MySQL, except those
+    Django wrote itself in rows made by hand (local time), and local time on
+    PostgreSQL, whose sessions Django then sets to TIME_ZONE.
+    """
+    from django.utils import timezone
+
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is None or timezone.is_aware(value):
+        return value
+    local = not settings.USE_TZ and (vendor == "postgresql" or by_hand)
+    return timezone.make_aware(value, timezone.get_default_timezone() if local else datetime.timezone.utc)
+
+
+def _for_people(value):
+    """An aware datetime in the current time zone (TIME_ZONE unless activated), labelled."""
+    from django.utils import timezone
+
+    if value is None:
+        return "an unknown time"
+    value = timezone.localtime(value)
+    return value.strftime("%Y-%m-%d %H:%M:%S ") + (value.tzname() or value.strftime("%z"))
 
 
 class SingleRunnerCommand:
@@ -1569,7 +1628,7 @@ class SingleRunnerCommand:
         lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait, min_interval=self.lock_min_interval)
         outcome = lock._acquire(None)
         if outcome.fence is None:
-            message = "%s Skipped this run." % lock._refusal(outcome)
+            message = "%s Skipped this run." % _refused(lock, outcome)
             if self.lock_held_exit_code:
                 raise CommandError(message, returncode=self.lock_held_exit_code)
             if options.get("stderr"):  # as BaseCommand.execute() would have set it
