@@ -33,7 +33,8 @@ The sections, in the order they read:
   and callbacks off the heartbeat's schedule.
 - ``Marathon``: acquire and release, sync and async; the context managers; the
   decorator, whose name may be filled from each call's arguments.
-- ``SingleRunnerCommand``, and 0.1's ``SingleRunner``.
+- ``SingleRunnerCommand`` and the skip of a refused run (``lock_skipped``),
+  and 0.1's ``SingleRunner``.
 - The supervisor: ``python -m marathon run NAME -- CMD``.
 - Operating: states, the admin and ``python -m marathon list|release``.
 - The app config, then the import-system glue that makes this module the app.
@@ -1394,9 +1395,19 @@ class Marathon:
     async def __aexit__(self, exc_type, exc, traceback):
         await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
 
-    def __call__(self, func):
+    def __call__(self, func=None, *, on_held="raise"):
         """Decorate `func`: every call holds the lock, on an acquisition of its own, so threads
-        and tasks may share it. `{param}` fields in the name are filled from each call's arguments."""
+        and tasks may share it. `{param}` fields in the name are filled from each call's arguments.
+
+        A call that is refused raises AlreadyRunning (or RanRecently); with
+        on_held="skip" it returns None instead, logs at INFO and sends
+        lock_skipped, which task queues count as a success. Without `func` this
+        returns the decorator: ``@Marathon(name)(on_held="skip")``.
+        """
+        if on_held not in ("raise", "skip"):
+            raise ValueError('on_held must be "raise" or "skip"; got %r.' % (on_held,))
+        if func is None:
+            return functools.partial(self.__call__, on_held=on_held)
         name_for = _name_template(self.name, func)
 
         def marathon_for(args, kwargs):
@@ -1414,14 +1425,30 @@ class Marathon:
 
             @functools.wraps(func)
             async def run_alone_async(*args, **kwargs):
-                async with marathon_for(args, kwargs):
+                lock = marathon_for(args, kwargs)
+                if on_held == "raise":
+                    async with lock:
+                        return await func(*args, **kwargs)
+                outcome = await lock._aacquire(None)
+                if outcome.fence is None:  # _skipped and _Taken: in the section SingleRunnerCommand
+                    await sync_to_async(_skipped, thread_sensitive=True)(lock, outcome, Marathon)
+                    return None
+                async with _Taken(lock):
                     return await func(*args, **kwargs)
 
             return run_alone_async
 
         @functools.wraps(func)
         def run_alone(*args, **kwargs):
-            with marathon_for(args, kwargs):
+            lock = marathon_for(args, kwargs)
+            if on_held == "raise":
+                with lock:
+                    return func(*args, **kwargs)
+            outcome = lock._acquire(None)
+            if outcome.fence is None:
+                _skipped(lock, outcome, Marathon)
+                return None
+            with _Taken(lock):
                 return func(*args, **kwargs)
 
         return run_alone
@@ -1538,8 +1565,50 @@ def _owner():
 
 
 # ---- SingleRunnerCommand ----
-# A run that is refused says why (who holds the lock, since when, when it last
-# beat; or when the last run finished), with times in the project's time zone.
+# A command, or a call decorated with on_held="skip", that is refused skips:
+# it says why (who holds the lock, since when, when it last beat; or when the
+# last run finished), with times in the project's time zone, logs at INFO and
+# sends lock_skipped, so that a task queue counts no failure and callers can
+# still tell a skip from a run.
+
+# Sent with the lock's name, the reason ("held" or "ran recently"), and the
+# owner and fence of the holder, or the owner of the last run and no fence;
+# the sender is the command's class, or Marathon for a decorated function.
+lock_skipped = Signal()
+__all__.append("lock_skipped")  # public, like its siblings above: see the README's "Signals and logging"
+
+
+def _skipped(lock, outcome, sender):
+    """Log and signal that `lock` was refused (`outcome`); return why, for people."""
+    message = _refused(lock, outcome)
+    logger.info("Skipped a run: %s", message)
+    if outcome.last_run is not None:
+        reason, owner, fence = "ran recently", outcome.last_run.owner, None
+    elif outcome.holder is not None:
+        reason, owner, fence = "held", outcome.holder.owner, outcome.holder.id
+    else:
+        reason, owner, fence = "held", None, None
+    lock_skipped.send(sender, name=lock.name, reason=reason, owner=owner, fence=fence)
+    return message
+
+
+class _Taken:
+    """A lock taken already, as a context manager (sync or async) that leaves it: releases, or raises LockLost."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self.lock
+
+    def __exit__(self, *exc_info):
+        return self.lock.__exit__(*exc_info)
+
+    async def __aenter__(self):
+        return self.lock
+
+    async def __aexit__(self, *exc_info):
+        return await self.lock.__aexit__(*exc_info)
 
 
 def _refused(lock, outcome):
@@ -1605,7 +1674,8 @@ class SingleRunnerCommand:
     The lock is named `lock_name`, else the command's name; override
     get_lock_name() for a lock per argument. A run that finds the lock held
     (or, with `lock_min_interval`, finds that the last run finished too
-    recently) writes why to stderr and exits with `lock_held_exit_code`.
+    recently) writes why to stderr, sends lock_skipped and exits with
+    `lock_held_exit_code`. While handle() runs, `self.lock` is the Marathon it holds.
     """
 
     lock_name = None
@@ -1628,7 +1698,7 @@ class SingleRunnerCommand:
         lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait, min_interval=self.lock_min_interval)
         outcome = lock._acquire(None)
         if outcome.fence is None:
-            message = "%s Skipped this run." % _refused(lock, outcome)
+            message = "%s Skipped this run." % _skipped(lock, outcome, type(self))
             if self.lock_held_exit_code:
                 raise CommandError(message, returncode=self.lock_held_exit_code)
             if options.get("stderr"):  # as BaseCommand.execute() would have set it
