@@ -1870,6 +1870,12 @@ def _child_command(command):
 
 
 # ---- Operating: states, the admin and the shell tool ----
+# What an operator needs to see of each lock, by the database's clock: its
+# state, how long it has been held, how long ago it beat, the stale_after it is
+# judged by, and its fence. The admin and `python -m marathon` only read and
+# release: a release deletes the row it showed, by its id, so a holder that
+# took the name over since keeps its lock; and it is logged, with who asked,
+# on the logger "marathon".
 
 
 def _with_state(queryset, vendor):
@@ -1888,6 +1894,50 @@ def _state(lock, stale_after):
     return "stale" if lock.heartbeat_age > limit else "running"
 
 
+# A lock annotated by _with_state, as text for people.
+_Shown = collections.namedtuple("_Shown", "name state owner held_for last_heartbeat stale_after fence")
+
+
+def _shown(lock, stale_after):
+    return _Shown(
+        name=lock.name,
+        state=_state(lock, stale_after),
+        owner=lock.owner or "-",
+        held_for=_duration(lock.held_for),
+        last_heartbeat="never" if lock.heartbeat_age is None else _duration(lock.heartbeat_age) + " ago",
+        stale_after=(
+            "%g s (setting)" % stale_after if lock.stale_after is None else "%g s" % lock.stale_after
+        ),
+        fence=str(lock.pk),
+    )
+
+
+def _duration(seconds):
+    """Seconds for people: '2.1 s', '4 min 05 s', '3 h 02 min', '2 d 05 h'."""
+    seconds = max(seconds, 0.0)  # SQLite's clock is each process's: a fresh beat can look a hair in the future
+    if seconds < 60:
+        return "%.1f s" % seconds
+    seconds = int(seconds)
+    for size, unit, part, part_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s")):
+        if seconds >= size:
+            return "%d %s %02d %s" % (seconds // size, unit, seconds % size // part, part_unit)
+
+
+def _described(lock, stale_after):
+    """A lock in a log line: 'name' (state, held by owner, fence N)."""
+    return "%r (%s, held by %s, fence %s)" % (
+        lock.name,
+        _state(lock, stale_after),
+        lock.owner or "an unknown holder",
+        lock.pk,
+    )
+
+
+def _release_shown(queryset, locks):
+    """Delete each of `locks` by its id, from `queryset`'s database. Returns those deleted."""
+    return [lock for lock in locks if queryset.filter(pk=lock.pk).delete()[0]]
+
+
 def _release_stale(cursor, stale_after):
     """Delete every stale lock, each only if it is still stale. Returns their names."""
     cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
@@ -1898,8 +1948,60 @@ def _release_stale(cursor, stale_after):
     ]
 
 
+def _log_release(who, how, locks, stale_after):
+    logger.warning(
+        "%s released %d lock(s) %s: %s.",
+        who,
+        len(locks),
+        how,
+        ", ".join(_described(lock, stale_after) for lock in locks),
+    )
+
+
+# The admin's confirmation page: which of the selected locks run, and who holds them.
+_CONFIRM_RELEASE = """{% extends "admin/base_site.html" %}
+{% block bodyclass %}{{ block.super }} marathon-release-confirmation{% endblock %}
+{% block breadcrumbs %}<div class="breadcrumbs"><a href="{{ index_url }}">Home</a>
+&rsaquo; <a href="{{ app_url }}">{{ opts.app_config.verbose_name }}</a>
+&rsaquo; <a href="{{ changelist_url }}">{{ opts.verbose_name_plural|capfirst }}</a> &rsaquo; {{ title }}</div>
+{% endblock %}
+{% block content %}
+{% if running %}
+<p class="errornote" id="running">{{ running|length }} of these locks {{ running|length|pluralize:"is,are" }} running:
+{% for lock in running %}<strong>{{ lock.name }}</strong>, held by {{ lock.owner }}{% if not forloop.last %};
+{% endif %}{% endfor %}. Releasing does not stop a holder: another run may start at once, while the holder
+goes on until its next heartbeat finds the lock lost.</p>
+{% endif %}
+<p>Release {{ locks|length }} lock{{ locks|length|pluralize }}? A lock that another holder takes in the meantime is
+left alone.</p>
+<table id="locks">
+<thead><tr><th>Name</th><th>State</th><th>Owner</th><th>Held for</th><th>Last heartbeat</th><th>Stale after</th>
+<th>Fence</th></tr></thead>
+<tbody>{% for lock in locks %}
+<tr class="{{ lock.state }}"><td>{{ lock.name }}</td><td>{{ lock.state }}</td><td>{{ lock.owner }}</td>
+<td>{{ lock.held_for }}</td><td>{{ lock.last_heartbeat }}</td><td>{{ lock.stale_after }}</td>
+<td>{{ lock.fence }}</td></tr>{% endfor %}
+</tbody>
+</table>
+<form method="post">{% csrf_token %}
+{% for lock in locks %}<input type="hidden" name="{{ checkbox_name }}" value="{{ lock.fence }}">
+{% endfor %}<input type="hidden" name="action" value="release_locks">
+<input type="hidden" name="post" value="yes">
+<input type="submit" value="Yes, release {{ locks|length|pluralize:'it,them' }}">
+<a href="{{ changelist_url }}" class="button cancel-link">No, take me back</a>
+</form>
+{% endblock %}
+"""
+
+
 def _register_admin(site):
     from django.contrib import admin
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.contrib.auth import get_permission_codename
+    from django.template.loader import get_template
+    from django.template.response import TemplateResponse
+    from django.urls import reverse
+    from django.utils.html import format_html
 
     class StateFilter(admin.SimpleListFilter):
         title = "state"
@@ -1916,28 +2018,142 @@ def _register_admin(site):
                 "manual": lambda: queryset.filter(heartbeat_at__isnull=True),
             }.get(self.value(), lambda: queryset)()
 
+    def column(description, order=None):
+        """What @admin.display (Django 3.2+) does."""
+
+        def describe(method):
+            method.short_description = description
+            if order:
+                method.admin_order_field = order
+            return method
+
+        return describe
+
     class LockAdmin(admin.ModelAdmin):
-        list_display = ("name", "state", "owner", "locked_at", "heartbeat_at")
+        """Read-only: a lock's row belongs to its holder. Releasing is the one action, confirmed and logged."""
+
+        list_display = ("name", "state", "holder", "held_for", "last_heartbeat", "holder_stale_after", "fence")
         list_filter = (StateFilter,)
         search_fields = ("name", "owner")
-        readonly_fields = ("locked_at", "heartbeat_at", "owner")
+        ordering = ("name",)
+        fields = readonly_fields = (
+            "name",
+            "state",
+            "holder",
+            "fence",
+            "held_since",
+            "held_for",
+            "last_heartbeat",
+            "holder_stale_after",
+        )
         actions = ["release_locks"]
 
         def get_queryset(self, request):
             queryset = super().get_queryset(request)
             return _with_state(queryset, connections[queryset.db].vendor)
 
+        # Rows are written by their holders only: renaming a held lock would let
+        # a second holder take the old name; a row added here has no heartbeat;
+        # Django's delete would release without the log and the confirmation.
+        def has_add_permission(self, request, *args):
+            return False
+
+        def has_change_permission(self, request, obj=None):
+            return False
+
+        def has_delete_permission(self, request, obj=None):
+            return False
+
+        def has_release_permission(self, request):
+            """Releasing needs the delete permission on locks."""
+            codename = get_permission_codename("delete", self.opts)
+            return request.user.has_perm("%s.%s" % (self.opts.app_label, codename))
+
+        def _shown(self, lock):
+            return _shown(lock, _setting("MARATHON_STALE_AFTER"))
+
+        def _time(self, lock, value):
+            return _for_people(_aware(value, connections[lock._state.db].vendor, by_hand=not lock.token))
+
+        @column("state")
         def state(self, lock):
-            return _state(lock, _setting("MARATHON_STALE_AFTER"))
+            return self._shown(lock).state
 
+        @column("owner", "owner")
+        def holder(self, lock):
+            return self._shown(lock).owner
+
+        @column("fence", "id")
+        def fence(self, lock):
+            return lock.pk
+
+        @column("held since", "locked_at")
+        def held_since(self, lock):
+            return self._time(lock, lock.locked_at)
+
+        @column("held for", "held_for")
+        def held_for(self, lock):
+            return format_html(
+                '<span title="since {}">{}</span>', self._time(lock, lock.locked_at), self._shown(lock).held_for
+            )
+
+        @column("last heartbeat", "heartbeat_age")
+        def last_heartbeat(self, lock):
+            if lock.heartbeat_at is None:
+                return "never"
+            return format_html(
+                '<span title="at {}">{}</span>', self._time(lock, lock.heartbeat_at), self._shown(lock).last_heartbeat
+            )
+
+        @column("stale after", "stale_after")
+        def holder_stale_after(self, lock):
+            return self._shown(lock).stale_after
+
+        @column("Release selected locks")
         def release_locks(self, request, queryset):
-            names = sorted(lock.name for lock in queryset)
-            queryset.delete()
-            logger.warning("%s released the lock(s) %s in the admin.", request.user, ", ".join(map(repr, names)))
-            self.message_user(request, "Released %d lock(s): %s." % (len(names), ", ".join(names)))
+            """Show which selected locks are running and who holds them; release on confirmation."""
+            stale_after = _setting("MARATHON_STALE_AFTER")
+            locks = list(queryset.order_by("name"))
+            if request.POST.get("post") != "yes":
+                return self._confirm_release(request, [_shown(lock, stale_after) for lock in locks])
+            released = _release_shown(_model().objects.all(), locks)
+            if released:
+                _log_release(request.user.get_username(), "in the admin", released, stale_after)
+            gone = len(request.POST.getlist(ACTION_CHECKBOX_NAME)) - len(released)
+            self.message_user(
+                request,
+                "Released %d lock(s)%s%s"
+                % (
+                    len(released),
+                    ": %s." % ", ".join(lock.name for lock in released) if released else ".",
+                    " %d selected lock(s) were gone already: released, or taken over by a holder that keeps it."
+                    % gone
+                    if gone
+                    else "",
+                ),
+            )
+            return None
 
-        release_locks.short_description = "Release selected locks"
-        release_locks.allowed_permissions = ("delete",)
+        release_locks.allowed_permissions = ("release",)
+
+        def _confirm_release(self, request, locks):
+            changelist = reverse(
+                "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name), current_app=self.admin_site.name
+            )
+            context = dict(
+                self.admin_site.each_context(request),
+                title="Release locks",
+                opts=self.opts,
+                locks=locks,
+                running=[lock for lock in locks if lock.state == "running"],
+                checkbox_name=ACTION_CHECKBOX_NAME,
+                changelist_url=changelist,
+                index_url=reverse("admin:index", current_app=self.admin_site.name),
+                app_url=reverse("admin:app_list", args=(self.opts.app_label,), current_app=self.admin_site.name),
+            )
+            # From a string, with the engine that renders the admin: this module has no template folder.
+            template = get_template("admin/base_site.html").backend.from_string(_CONFIRM_RELEASE)
+            return TemplateResponse(request, template, context)
 
     site.register(_model(), LockAdmin)
 
