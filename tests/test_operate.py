@@ -1,6 +1,7 @@
 """Operating locks: the admin, the shell tool, signals and log lines (issues 5 and 14).
 
-The admin is driven here by Django's test client, which is fast and runs in every env.
+The admin in a real browser is in test_browser.py; here it is driven by
+Django's test client, which is faster and runs in every env.
 """
 import logging
 import os
