@@ -1905,9 +1905,7 @@ def _shown(lock, stale_after):
         owner=lock.owner or "-",
         held_for=_duration(lock.held_for),
         last_heartbeat="never" if lock.heartbeat_age is None else _duration(lock.heartbeat_age) + " ago",
-        stale_after=(
-            "%g s (setting)" % stale_after if lock.stale_after is None else "%g s" % lock.stale_after
-        ),
+        stale_after=("%g s (setting)" % stale_after if lock.stale_after is None else "%g s" % lock.stale_after),
         fence=str(lock.pk),
     )
 
@@ -1938,14 +1936,10 @@ def _release_shown(queryset, locks):
     return [lock for lock in locks if queryset.filter(pk=lock.pk).delete()[0]]
 
 
-def _release_stale(cursor, stale_after):
-    """Delete every stale lock, each only if it is still stale. Returns their names."""
-    cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
-    return [
-        name
-        for name, stale_id in cursor.fetchall()
-        if _rowcount(cursor, _DELETE_STALE[cursor.db.vendor], [stale_id, stale_after]) == 1
-    ]
+def _release_stale(cursor, locks, stale_after):
+    """Delete each of `locks` only if it is still stale. Returns those deleted."""
+    sql = _DELETE_STALE[cursor.db.vendor]
+    return [lock for lock in locks if _rowcount(cursor, sql, [lock.pk, stale_after]) == 1]
 
 
 def _log_release(who, how, locks, stale_after):
@@ -2126,8 +2120,7 @@ def _register_admin(site):
                 % (
                     len(released),
                     ": %s." % ", ".join(lock.name for lock in released) if released else ".",
-                    " %d selected lock(s) were gone already: released, or taken over by a holder that keeps it."
-                    % gone
+                    " %d selected lock(s) were gone already: released, or taken over by a holder that keeps it." % gone
                     if gone
                     else "",
                 ),
@@ -2158,72 +2151,200 @@ def _register_admin(site):
     site.register(_model(), LockAdmin)
 
 
-_USAGE = """\
-python -m marathon [--database ALIAS] list
-python -m marathon [--database ALIAS] release NAME [NAME ...]
-python -m marathon [--database ALIAS] release --stale
+_EPILOG = """\
+exit status: 0 if a lock was listed or released, 1 if none was, 2 for a
+usage or settings error, 3 if the database failed; for run, see run --help.
 
-Lists the locks (name, state, owner, held for, last heartbeat) or releases
-some. Needs DJANGO_SETTINGS_MODULE, as django-admin does. Exit status: 0 if
-something was listed or released, 1 if nothing was, 2 on bad usage."""
+Every release is logged on the logger "marathon" with who ran it (user@host).
+Needs the project's settings, as django-admin does: DJANGO_SETTINGS_MODULE
+names them, and PYTHONPATH holds the project if it is not the current directory."""
+
+
+def _parser():
+    """The parser of `python -m marathon`, and those of its commands release and run."""
+    import argparse
+
+    database = argparse.ArgumentParser(add_help=False)  # accepted before and after the command
+    database.add_argument(
+        "--database",
+        metavar="ALIAS",
+        default=argparse.SUPPRESS,
+        help="the database of the locks (default: MARATHON_DATABASE, else the router's)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m marathon",
+        description="List the locks of django-marathon, release some, or run a command under one.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[database],
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True  # the keyword needs Python 3.7
+    commands.add_parser(
+        "list",
+        help="list the locks: name, state, owner, held for, last heartbeat, stale after, fence",
+        description="List the locks, by the database's clock.",
+        parents=[database],
+        allow_abbrev=False,
+    )
+    release = commands.add_parser(
+        "release",
+        help="release locks by name, or every stale one",
+        description="Release locks by name (a lock's holder finds it lost at its next heartbeat), "
+        "or with --stale every stale lock, each only if it is still stale.",
+        parents=[database],
+        allow_abbrev=False,
+    )
+    release.add_argument("names", nargs="*", metavar="NAME", help="a lock's name (after -- if it starts with -)")
+    release.add_argument("--stale", action="store_true", help="release every stale lock instead")
+    run = commands.add_parser(
+        "run",
+        help="run a command while holding a lock: one copy of it across hosts",
+        description="Run CMD as a child while holding the lock NAME. Exit status: CMD's (128 + the signal "
+        "if one ended it, 127 if it cannot be run), 75 if --wait ran out, 70 if the lock was lost.",
+        usage="python -m marathon run NAME [--wait S] [--heartbeat S] [--stale-after S] [--database ALIAS] "
+        "-- CMD [ARGS...]",
+        parents=[database],
+        allow_abbrev=False,
+    )
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("--wait", type=float, default=None, help="seconds to wait for the lock (default: for ever)")
+    run.add_argument("--heartbeat", type=float, default=None)
+    run.add_argument("--stale-after", type=float, default=None)
+    return parser, release, run
 
 
 def _main(argv):
-    """The shell tool: list locks, release them by name or all stale ones; run a command under a lock."""
-    args = list(argv)
-    alias = None
-    if args[:1] == ["--database"] and len(args) > 1:
-        alias, args = args[1], args[2:]
-    if args[:1] == ["run"]:
-        return _main_run(args[1:], alias)
-    if not args or args[0] not in ("list", "release") or (args[0] == "release" and len(args) < 2):
-        print(_USAGE, file=sys.stderr)
-        return 2
-    django.setup()
-    alias = _alias(alias)
-    stale_after = _setting("MARATHON_STALE_AFTER")
-    if args[0] == "release":
-        if args[1:] == ["--stale"]:
-            names = _run(alias, _release_stale, stale_after)
-        else:
-            names = [name for name in args[1:] if _model().objects.using(alias).filter(name=name).delete()[0]]
-        print("Released %d lock(s)%s" % (len(names), ": " + ", ".join(names) if names else "."))
-        return 0 if names else 1
-    locks = list(_with_state(_model().objects.using(alias).order_by("name"), connections[alias].vendor))
-    rows = [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT")] + [
-        (
-            lock.name,
-            _state(lock, stale_after),
-            lock.owner or "-",
-            "%.0f s" % lock.held_for,
-            "-" if lock.heartbeat_age is None else "%.1f s ago" % lock.heartbeat_age,
+    """The shell tool: `python -m marathon list|release|run`. Returns the exit status."""
+    parser, release, run = _parser()
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    command = argv[split + 1 :]  # run's CMD; elsewhere `--` only ends the options (release -- -name)
+    try:
+        args = parser.parse_args(argv[:split])
+        if args.command != "run":
+            args = parser.parse_args(argv)
+        elif not command:
+            run.error("the command to run comes after --")
+        if args.command == "release" and args.stale and args.names:
+            release.error("--stale releases every stale lock and takes no names; got %s" % " ".join(args.names))
+        if args.command == "release" and not args.stale and not args.names:
+            release.error("name the locks to release, or give --stale")
+    except SystemExit as exit:  # argparse printed the help (0) or a usage error (2)
+        return exit.code
+    try:
+        _setup()
+        alias = _alias(getattr(args, "database", None))
+        if alias not in settings.DATABASES:
+            raise CommandError(
+                "no database %r in DATABASES (%s)." % (alias, ", ".join(sorted(settings.DATABASES))), returncode=2
+            )
+        if args.command == "run":  # its exit status is the child's: see the section on the supervisor
+            return _supervise(args.name, command, args.wait, args.heartbeat, args.stale_after, alias)
+        try:
+            if args.command == "list":
+                return _list(alias)
+            return _release(alias, args.names, args.stale)
+        except Error as exc:
+            raise CommandError(_database_failed(alias, exc), returncode=3) from exc
+        finally:
+            connections[alias].close()
+    except CommandError as error:
+        print("python -m marathon: error: %s" % error, file=sys.stderr)
+        return error.returncode
+
+
+def _setup():
+    """django.setup() with the project's settings, or CommandError(returncode=2) saying what is missing."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if not module:
+        raise CommandError(
+            "DJANGO_SETTINGS_MODULE is not set: name your settings module, as for django-admin "
+            "(DJANGO_SETTINGS_MODULE=mysite.settings python -m marathon ...).",
+            returncode=2,
         )
-        for lock in locks
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    try:
+        django.setup()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        hint = ""
+        if missing and (module + ".").startswith(missing + "."):
+            hint = " Is the directory that holds it on PYTHONPATH (or the current directory)?"
+        raise CommandError("cannot import the settings %r: %s.%s" % (module, exc, hint), returncode=2) from exc
+    except ImproperlyConfigured as exc:
+        raise CommandError("the settings %r are not usable: %s" % (module, exc), returncode=2) from exc
+    if not _apps.is_installed("marathon"):
+        raise CommandError("'marathon' is not in INSTALLED_APPS of the settings %r." % module, returncode=2)
+
+
+def _database_failed(alias, exc):
+    """One line: which database failed, and how."""
+    connection = connections[alias]
+    where = connection.settings_dict.get("NAME") or ""
+    if connection.settings_dict.get("HOST"):
+        where = "%s at %s:%s" % (where, connection.settings_dict["HOST"], connection.settings_dict.get("PORT") or "")
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    hint = " (has `manage.py migrate` created the table marathon_lock?)" if "marathon_lock" in text else ""
+    return "database %r (%s %s) failed: %s%s" % (alias, connection.vendor, where, text, hint)
+
+
+def _locks(alias):
+    return list(_with_state(_model().objects.using(alias).order_by("name"), connections[alias].vendor))
+
+
+def _list(alias):
+    stale_after = _setting("MARATHON_STALE_AFTER")
+    locks = _locks(alias)
+    rows = [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT", "STALE AFTER", "FENCE")]
+    rows += [_shown(lock, stale_after) for lock in locks]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0 if locks else 1
 
 
-def _main_run(args, alias):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m marathon run", description="Run CMD while holding the lock NAME.")
-    parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--wait", type=float, default=None, help="seconds to wait for the lock (default: for ever)")
-    parser.add_argument("--heartbeat", type=float, default=None)
-    parser.add_argument("--stale-after", type=float, default=None)
-    parser.add_argument("--database", default=alias)
-    parser.usage = "python -m marathon run NAME [--wait S] [--heartbeat S] [--stale-after S] [--database ALIAS] -- CMD [ARGS...]"
-    split = args.index("--") if "--" in args else len(args)
-    options, command = parser.parse_args(args[:split]), args[split + 1 :]
-    if not command:
-        parser.error("the command to run comes after --")
-    django.setup()
-    return _supervise(
-        options.name, command, options.wait, options.heartbeat, options.stale_after, options.database
+def _release(alias, names, stale):
+    stale_after = _setting("MARATHON_STALE_AFTER")
+    if stale:
+        candidates = [lock for lock in _locks(alias) if _state(lock, stale_after) == "stale"]
+        released = _run(alias, _release_stale, candidates, stale_after)
+    else:
+        found = {
+            lock.name: lock
+            for lock in _with_state(_model().objects.using(alias).filter(name__in=names), connections[alias].vendor)
+        }
+        for name in names:
+            if name not in found:
+                print("No lock named %r." % name, file=sys.stderr)
+        chosen = [found[name] for name in dict.fromkeys(names) if name in found]
+        released = _release_shown(_model().objects.using(alias), chosen)
+    if released:
+        _log_release(_operator(), "with python -m marathon", released, stale_after)
+    print(
+        "Released %d lock(s)%s" % (len(released), ": " + ", ".join(lock.name for lock in released) if released else ".")
     )
+    for lock in released:
+        if _state(lock, stale_after) == "running":
+            print(
+                "%r was running, held by %s: it goes on until its next heartbeat finds the lock lost."
+                % (lock.name, lock.owner or "an unknown holder")
+            )
+    return 0 if released else 1
+
+
+def _operator():
+    """Who runs this process, for the log: user@host, and whom sudo ran it for."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for this uid (a container); Python 3.13 raises OSError, older KeyError
+        user = "uid %s" % (os.getuid() if hasattr(os, "getuid") else "?")
+    sudo = os.environ.get("SUDO_USER")
+    return "%s@%s%s" % (user, socket.gethostname(), " (sudo from %s)" % sudo if sudo and sudo != user else "")
 
 
 # ---- The app config ----

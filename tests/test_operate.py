@@ -3,9 +3,11 @@
 The admin in a real browser is in test_browser.py; here it is driven by
 Django's test client, which is faster and runs in every env.
 """
+import getpass
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -13,9 +15,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 import marathon
-import tests
 from marathon import AlreadyRunning, Marathon
 from marathon.models import Lock
+from tests.fixtures_lock import TESTS_PARENT, child_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -197,64 +199,164 @@ def test_admin_release_needs_the_delete_permission(staff):
         running.release()
 
 
-# ---- The shell tool ----
+# ---- The shell tool, in this process ----
 
 
-def shell(*args):
-    env = dict(os.environ, MARATHON_TEST_CHILD="1", DJANGO_SETTINGS_MODULE="tests.settings")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(tests.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.dirname(os.path.abspath(marathon.__file__))])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "marathon"] + list(args),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-    )
-    out, err = process.communicate(timeout=60)
-    return process.returncode, out, err
+def run_main(capsys, *argv):
+    code = marathon._main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_shell_lists_locks_as_a_table():
+HEADER = ["NAME", "STATE", "OWNER", "HELD", "FOR", "LAST", "HEARTBEAT", "STALE", "AFTER", "FENCE"]
+
+
+def test_shell_lists_locks_as_a_table(capsys):
     running = make_locks()
     try:
-        code, out, err = shell("list")
+        code, out, err = run_main(capsys, "list")
     finally:
         running.release()
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "OWNER", "HELD", "FOR", "LAST", "HEARTBEAT"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["running-job"][1:3] == ["running", running.owner]
-    assert rows["stale-job"][1:3] == ["stale", "web1:42"]
-    assert rows["manual-job"][1:3] == ["manual", "-"]
+    assert lines[0].split() == HEADER
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert rows["running-job"].split()[1:3] == ["running", running.owner]
+    assert re.search(r"\d+\.\d s ago +45 s +%d$" % running.fence, rows["running-job"])
+    assert rows["stale-job"].split()[1:3] == ["stale", "web1:42"]
+    assert "60 s (setting)" in rows["stale-job"]
+    assert rows["manual-job"].split()[1:3] == ["manual", "-"]
 
 
-def test_shell_says_nothing_listed_in_its_exit_status():
-    code, out, err = shell("list")
-    assert (code, out.split()) == (1, ["NAME", "STATE", "OWNER", "HELD", "FOR", "LAST", "HEARTBEAT"])
+def test_shell_says_nothing_listed_in_its_exit_status(capsys):
+    code, out, err = run_main(capsys, "list")
+    assert (code, out.split()) == (1, HEADER)
 
 
-def test_shell_releases_stale_locks_only():
+def test_shell_releases_stale_locks_only_and_logs_who(capsys, caplog):
     running = make_locks()
     try:
-        assert shell("release", "--stale")[:2] == (0, "Released 1 lock(s): stale-job\n")
+        with caplog.at_level(logging.WARNING, logger="marathon"):
+            assert run_main(capsys, "release", "--stale")[:2] == (0, "Released 1 lock(s): stale-job\n")
         assert names() == ["manual-job", "running-job"]
-        assert shell("release", "--stale")[:2] == (1, "Released 0 lock(s).\n")
+        assert run_main(capsys, "release", "--stale")[:2] == (1, "Released 0 lock(s).\n")
     finally:
         running.release()
+    (message,) = [r.getMessage() for r in caplog.records if "released" in r.getMessage()]
+    who = "%s@%s" % (getpass.getuser(), socket.gethostname())
+    assert message.startswith("%s released 1 lock(s) with python -m marathon: 'stale-job' (stale" % who)
 
 
-def test_shell_releases_by_name():
-    make_locks().release()
-    assert shell("release", "manual-job", "no-such-job")[:2] == (0, "Released 1 lock(s): manual-job\n")
-    assert shell("release", "no-such-job")[0] == 1
+def test_shell_release_by_name_says_which_were_running(capsys):
+    running = make_locks()
+    code, out, err = run_main(capsys, "release", "running-job", "manual-job", "no-such-job")
+    assert code == 0
+    assert out.splitlines()[0] == "Released 2 lock(s): running-job, manual-job"
+    assert "'running-job' was running, held by %s" % running.owner in out
+    assert "No lock named 'no-such-job'." in err
+    assert run_main(capsys, "release", "no-such-job")[0] == 1
+    assert names() == ["stale-job"]
+    assert _wait_for(lambda: running.lost) and not running.release()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["bogus"],
+        ["release"],
+        ["release", "--stale", "stale-job"],  # not a release by name
+        ["list", "--stale"],
+        ["list", "--frobnicate"],
+        ["release", "--data", "default", "stale-job"],  # no abbreviations
+        ["release", "--database"],
+    ],
+)
+def test_shell_usage_errors_exit_2_and_release_nothing(capsys, argv):
+    Lock.objects.create(name="stale-job", owner="web1:42", heartbeat_at=STALE)
+    code, out, err = run_main(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("usage: python -m marathon") and "error: " in err
     assert names() == ["stale-job"]
 
 
-def test_shell_usage_errors_exit_2():
-    code, out, err = shell("release")
-    assert code == 2 and "python -m marathon" in err
+@pytest.mark.parametrize("argv", [["--help"], ["release", "--help"], ["list", "-h"]])
+def test_shell_help_goes_to_stdout_with_status_0(capsys, argv):
+    code, out, err = run_main(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: python -m marathon")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--database", "other", "list"],
+        ["list", "--database", "other"],
+        ["release", "--database", "other", "stale-job"],
+        ["release", "stale-job", "--database", "other"],
+        ["release", "--stale", "--database", "other"],
+    ],
+)
+def test_shell_database_option_before_or_after_the_command(capsys, argv):
+    Lock.objects.create(name="stale-job", owner="web1:42", heartbeat_at=STALE)
+    code, out, err = run_main(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err == "python -m marathon: error: no database 'other' in DATABASES (default).\n"
+    assert names() == ["stale-job"]
+    assert run_main(capsys, *[arg.replace("other", "default") for arg in argv])[0] == 0
+
+
+def test_shell_without_settings_says_so_in_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    code, out, err = run_main(capsys, "list")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("python -m marathon: error: DJANGO_SETTINGS_MODULE is not set")
+
+
+# ---- The shell tool, as a process: python -m marathon ----
+
+
+def shell(*args, cwd=None, **env):
+    """Run `python -m marathon ARGS` in `cwd` (default: where `tests` is); (returncode, stdout, stderr)."""
+    process = subprocess.run(
+        [sys.executable, "-m", "marathon"] + list(args),
+        env=child_env(**env),
+        cwd=cwd or TESTS_PARENT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
+    )
+    return process.returncode, process.stdout, process.stderr
+
+
+def test_shell_runs_from_any_directory_and_logs_releases_with_who(tmp_path):
+    """The project is found by DJANGO_SETTINGS_MODULE and PYTHONPATH alone; the log line reaches stderr
+    through Python's last-resort handler, as the test settings configure no handler for it."""
+    Lock.objects.create(name="stale-job", owner="web1:42", heartbeat_at=STALE)
+    code, out, err = shell("list", cwd=str(tmp_path))
+    assert code == 0, err
+    assert out.splitlines()[1].split()[:3] == ["stale-job", "stale", "web1:42"]
+    code, out, err = shell("release", "stale-job", cwd=str(tmp_path))
+    assert (code, out) == (0, "Released 1 lock(s): stale-job\n"), err
+    who = "%s@%s" % (getpass.getuser(), socket.gethostname())
+    assert "%s released 1 lock(s) with python -m marathon: 'stale-job' (stale, held by web1:42" % who in err
+
+
+def test_shell_settings_that_cannot_be_imported_get_one_line(tmp_path):
+    code, out, err = shell("list", cwd=str(tmp_path), DJANGO_SETTINGS_MODULE="nosuchproject.settings")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "python -m marathon: error: cannot import the settings 'nosuchproject.settings': No module named "
+        "'nosuchproject'. Is the directory that holds it on PYTHONPATH (or the current directory)?"
+    ]
+
+
+def test_shell_unreachable_database_gets_one_line():
+    code, out, err = shell("list", "--database", "unreachable", DJANGO_SETTINGS_MODULE="tests.settings_ops")
+    assert (code, out) == (3, "")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("python -m marathon: error: database 'unreachable' (")
 
 
 # ---- Signals and log lines ----
