@@ -33,7 +33,8 @@ The sections, in the order they read:
   and callbacks off the heartbeat's schedule.
 - ``Marathon``: acquire and release, sync and async; the context managers; the
   decorator, whose name may be filled from each call's arguments.
-- ``SingleRunnerCommand``, and 0.1's ``SingleRunner``.
+- ``SingleRunnerCommand`` and the skip of a refused run (``lock_skipped``),
+  and 0.1's ``SingleRunner``.
 - The supervisor: ``python -m marathon run NAME -- CMD``.
 - Operating: states, the admin and ``python -m marathon list|release``.
 - The app config, then the import-system glue that makes this module the app.
@@ -1502,9 +1503,19 @@ class Marathon:
     async def __aexit__(self, exc_type, exc, traceback):
         await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
 
-    def __call__(self, func):
+    def __call__(self, func=None, *, on_held="raise"):
         """Decorate `func`: every call holds the lock, on an acquisition of its own, so threads
-        and tasks may share it. `{param}` fields in the name are filled from each call's arguments."""
+        and tasks may share it. `{param}` fields in the name are filled from each call's arguments.
+
+        A call that is refused raises AlreadyRunning (or RanRecently); with
+        on_held="skip" it returns None instead, logs at INFO and sends
+        lock_skipped, which task queues count as a success. Without `func` this
+        returns the decorator: ``@Marathon(name)(on_held="skip")``.
+        """
+        if on_held not in ("raise", "skip"):
+            raise ValueError('on_held must be "raise" or "skip"; got %r.' % (on_held,))
+        if func is None:
+            return functools.partial(self.__call__, on_held=on_held)
         name_for = _name_template(self.name, func)
 
         def marathon_for(args, kwargs):
@@ -1522,14 +1533,30 @@ class Marathon:
 
             @functools.wraps(func)
             async def run_alone_async(*args, **kwargs):
-                async with marathon_for(args, kwargs):
+                lock = marathon_for(args, kwargs)
+                if on_held == "raise":
+                    async with lock:
+                        return await func(*args, **kwargs)
+                outcome = await lock._aacquire(None)
+                if outcome.fence is None:  # _skipped and _Taken: in the section SingleRunnerCommand
+                    await sync_to_async(_skipped, thread_sensitive=True)(lock, outcome, Marathon)
+                    return None
+                async with _Taken(lock):
                     return await func(*args, **kwargs)
 
             return run_alone_async
 
         @functools.wraps(func)
         def run_alone(*args, **kwargs):
-            with marathon_for(args, kwargs):
+            lock = marathon_for(args, kwargs)
+            if on_held == "raise":
+                with lock:
+                    return func(*args, **kwargs)
+            outcome = lock._acquire(None)
+            if outcome.fence is None:
+                _skipped(lock, outcome, Marathon)
+                return None
+            with _Taken(lock):
                 return func(*args, **kwargs)
 
         return run_alone
@@ -1646,6 +1673,107 @@ def _owner():
 
 
 # ---- SingleRunnerCommand ----
+# A command, or a call decorated with on_held="skip", that is refused skips:
+# it says why (who holds the lock, since when, when it last beat; or when the
+# last run finished), with times in the project's time zone, logs at INFO and
+# sends lock_skipped, so that a task queue counts no failure and callers can
+# still tell a skip from a run.
+
+# Sent with the lock's name, the reason ("held" or "ran recently"), and the
+# owner and fence of the holder, or the owner of the last run and no fence;
+# the sender is the command's class, or Marathon for a decorated function.
+lock_skipped = Signal()
+__all__.append("lock_skipped")  # public, like its siblings above: see the README's "Signals and logging"
+
+
+def _skipped(lock, outcome, sender):
+    """Log and signal that `lock` was refused (`outcome`); return why, for people."""
+    message = _refused(lock, outcome)
+    logger.info("Skipped a run: %s", message)
+    if outcome.last_run is not None:
+        reason, owner, fence = "ran recently", outcome.last_run.owner, None
+    elif outcome.holder is not None:
+        reason, owner, fence = "held", outcome.holder.owner, outcome.holder.id
+    else:
+        reason, owner, fence = "held", None, None
+    lock_skipped.send(sender, name=lock.name, reason=reason, owner=owner, fence=fence)
+    return message
+
+
+class _Taken:
+    """A lock taken already, as a context manager (sync or async) that leaves it: releases, or raises LockLost."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self.lock
+
+    def __exit__(self, *exc_info):
+        return self.lock.__exit__(*exc_info)
+
+    async def __aenter__(self):
+        return self.lock
+
+    async def __aexit__(self, *exc_info):
+        return await self.lock.__aexit__(*exc_info)
+
+
+def _refused(lock, outcome):
+    """AlreadyRunning's or RanRecently's words for an acquire of `lock` that did not take it,
+    with times in the project's time zone."""
+    vendor = connections[_alias(lock.using)].vendor
+    last_run, holder = outcome.last_run, outcome.holder
+    if last_run is not None:
+        finished = _aware(last_run.finished_at, vendor)
+        return "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)." % (
+            lock.name,
+            last_run.owner or "an unknown holder",
+            _for_people(finished),
+            _for_people(finished + datetime.timedelta(seconds=lock.min_interval)),
+            lock.min_interval,
+        )
+    if holder is None:
+        return "%r is already running: the lock is held by an unknown holder." % (lock.name,)
+    by_hand = not holder.token  # no token: a row made by hand (on PostgreSQL, where no token is read, moot)
+    if holder.heartbeat_at:
+        beat = "last heartbeat %s" % _for_people(_aware(holder.heartbeat_at, vendor, by_hand))
+    else:
+        beat = "no heartbeat: a lock made by hand, released only by deleting its row"
+    return "%r is already running: the lock is held by %s since %s (%s)." % (
+        lock.name,
+        holder.owner or "an unknown holder",
+        _for_people(_aware(holder.locked_at, vendor, by_hand)),
+        beat,
+    )
+
+
+def _aware(value, vendor, by_hand=False):
+    """A time read from the lock tables, as an aware datetime (None stays None).
+
+    marathon writes the database's "now" in UTC. With USE_TZ = False Django
+    hands over naive times: UTC as written on SQLite and MySQL, except those
+    Django wrote itself in rows made by hand (local time), and local time on
+    PostgreSQL, whose sessions Django then sets to TIME_ZONE.
+    """
+    from django.utils import timezone
+
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is None or timezone.is_aware(value):
+        return value
+    local = not settings.USE_TZ and (vendor == "postgresql" or by_hand)
+    return timezone.make_aware(value, timezone.get_default_timezone() if local else datetime.timezone.utc)
+
+
+def _for_people(value):
+    """An aware datetime in the current time zone (TIME_ZONE unless activated), labelled."""
+    from django.utils import timezone
+
+    if value is None:
+        return "an unknown time"
+    value = timezone.localtime(value)
+    return value.strftime("%Y-%m-%d %H:%M:%S ") + (value.tzname() or value.strftime("%z"))
 
 
 class SingleRunnerCommand:
@@ -1654,7 +1782,8 @@ class SingleRunnerCommand:
     The lock is named `lock_name`, else the command's name; override
     get_lock_name() for a lock per argument. A run that finds the lock held
     (or, with `lock_min_interval`, finds that the last run finished too
-    recently) writes why to stderr and exits with `lock_held_exit_code`.
+    recently) writes why to stderr, sends lock_skipped and exits with
+    `lock_held_exit_code`. While handle() runs, `self.lock` is the Marathon it holds.
     """
 
     lock_name = None
@@ -1677,7 +1806,7 @@ class SingleRunnerCommand:
         lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait, min_interval=self.lock_min_interval)
         outcome = lock._acquire(None)
         if outcome.fence is None:
-            message = "%s Skipped this run." % lock._refusal(outcome)
+            message = "%s Skipped this run." % _skipped(lock, outcome, type(self))
             if self.lock_held_exit_code:
                 raise CommandError(message, returncode=self.lock_held_exit_code)
             if options.get("stderr"):  # as BaseCommand.execute() would have set it
@@ -1849,6 +1978,12 @@ def _child_command(command):
 
 
 # ---- Operating: states, the admin and the shell tool ----
+# What an operator needs to see of each lock, by the database's clock: its
+# state, how long it has been held, how long ago it beat, the stale_after it is
+# judged by, and its fence. The admin and `python -m marathon` only read and
+# release: a release deletes the row it showed, by its id, so a holder that
+# took the name over since keeps its lock; and it is logged, with who asked,
+# on the logger "marathon".
 
 
 def _with_state(queryset, vendor):
@@ -1867,18 +2002,108 @@ def _state(lock, stale_after):
     return "stale" if lock.heartbeat_age > limit else "running"
 
 
-def _release_stale(cursor, stale_after):
-    """Delete every stale lock, each only if it is still stale. Returns their names."""
-    cursor.execute(_SELECT_STALE[cursor.db.vendor], [stale_after])
-    return [
-        name
-        for name, stale_id in cursor.fetchall()
-        if _rowcount(cursor, _DELETE_STALE[cursor.db.vendor], [stale_id, stale_after]) == 1
-    ]
+# A lock annotated by _with_state, as text for people.
+_Shown = collections.namedtuple("_Shown", "name state owner held_for last_heartbeat stale_after fence")
+
+
+def _shown(lock, stale_after):
+    return _Shown(
+        name=lock.name,
+        state=_state(lock, stale_after),
+        owner=lock.owner or "-",
+        held_for=_duration(lock.held_for),
+        last_heartbeat="never" if lock.heartbeat_age is None else _duration(lock.heartbeat_age) + " ago",
+        stale_after=("%g s (setting)" % stale_after if lock.stale_after is None else "%g s" % lock.stale_after),
+        fence=str(lock.pk),
+    )
+
+
+def _duration(seconds):
+    """Seconds for people: '2.1 s', '4 min 05 s', '3 h 02 min', '2 d 05 h'."""
+    seconds = max(seconds, 0.0)  # SQLite's clock is each process's: a fresh beat can look a hair in the future
+    if seconds < 60:
+        return "%.1f s" % seconds
+    seconds = int(seconds)
+    for size, unit, part, part_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s")):
+        if seconds >= size:
+            return "%d %s %02d %s" % (seconds // size, unit, seconds % size // part, part_unit)
+
+
+def _described(lock, stale_after):
+    """A lock in a log line: 'name' (state, held by owner, fence N)."""
+    return "%r (%s, held by %s, fence %s)" % (
+        lock.name,
+        _state(lock, stale_after),
+        lock.owner or "an unknown holder",
+        lock.pk,
+    )
+
+
+def _release_shown(queryset, locks):
+    """Delete each of `locks` by its id, from `queryset`'s database. Returns those deleted."""
+    return [lock for lock in locks if queryset.filter(pk=lock.pk).delete()[0]]
+
+
+def _release_stale(cursor, locks, stale_after):
+    """Delete each of `locks` only if it is still stale. Returns those deleted."""
+    sql = _DELETE_STALE[cursor.db.vendor]
+    return [lock for lock in locks if _rowcount(cursor, sql, [lock.pk, stale_after]) == 1]
+
+
+def _log_release(who, how, locks, stale_after):
+    logger.warning(
+        "%s released %d lock(s) %s: %s.",
+        who,
+        len(locks),
+        how,
+        ", ".join(_described(lock, stale_after) for lock in locks),
+    )
+
+
+# The admin's confirmation page: which of the selected locks run, and who holds them.
+_CONFIRM_RELEASE = """{% extends "admin/base_site.html" %}
+{% block bodyclass %}{{ block.super }} marathon-release-confirmation{% endblock %}
+{% block breadcrumbs %}<div class="breadcrumbs"><a href="{{ index_url }}">Home</a>
+&rsaquo; <a href="{{ app_url }}">{{ opts.app_config.verbose_name }}</a>
+&rsaquo; <a href="{{ changelist_url }}">{{ opts.verbose_name_plural|capfirst }}</a> &rsaquo; {{ title }}</div>
+{% endblock %}
+{% block content %}
+{% if running %}
+<p class="errornote" id="running">{{ running|length }} of these locks {{ running|length|pluralize:"is,are" }} running:
+{% for lock in running %}<strong>{{ lock.name }}</strong>, held by {{ lock.owner }}{% if not forloop.last %};
+{% endif %}{% endfor %}. Releasing does not stop a holder: another run may start at once, while the holder
+goes on until its next heartbeat finds the lock lost.</p>
+{% endif %}
+<p>Release {{ locks|length }} lock{{ locks|length|pluralize }}? A lock that another holder takes in the meantime is
+left alone.</p>
+<table id="locks">
+<thead><tr><th>Name</th><th>State</th><th>Owner</th><th>Held for</th><th>Last heartbeat</th><th>Stale after</th>
+<th>Fence</th></tr></thead>
+<tbody>{% for lock in locks %}
+<tr class="{{ lock.state }}"><td>{{ lock.name }}</td><td>{{ lock.state }}</td><td>{{ lock.owner }}</td>
+<td>{{ lock.held_for }}</td><td>{{ lock.last_heartbeat }}</td><td>{{ lock.stale_after }}</td>
+<td>{{ lock.fence }}</td></tr>{% endfor %}
+</tbody>
+</table>
+<form method="post">{% csrf_token %}
+{% for lock in locks %}<input type="hidden" name="{{ checkbox_name }}" value="{{ lock.fence }}">
+{% endfor %}<input type="hidden" name="action" value="release_locks">
+<input type="hidden" name="post" value="yes">
+<input type="submit" value="Yes, release {{ locks|length|pluralize:'it,them' }}">
+<a href="{{ changelist_url }}" class="button cancel-link">No, take me back</a>
+</form>
+{% endblock %}
+"""
 
 
 def _register_admin(site):
     from django.contrib import admin
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.contrib.auth import get_permission_codename
+    from django.template.loader import get_template
+    from django.template.response import TemplateResponse
+    from django.urls import reverse
+    from django.utils.html import format_html
 
     class StateFilter(admin.SimpleListFilter):
         title = "state"
@@ -1895,98 +2120,339 @@ def _register_admin(site):
                 "manual": lambda: queryset.filter(heartbeat_at__isnull=True),
             }.get(self.value(), lambda: queryset)()
 
+    def column(description, order=None):
+        """What @admin.display (Django 3.2+) does."""
+
+        def describe(method):
+            method.short_description = description
+            if order:
+                method.admin_order_field = order
+            return method
+
+        return describe
+
     class LockAdmin(admin.ModelAdmin):
-        list_display = ("name", "state", "owner", "locked_at", "heartbeat_at")
+        """Read-only: a lock's row belongs to its holder. Releasing is the one action, confirmed and logged."""
+
+        list_display = ("name", "state", "holder", "held_for", "last_heartbeat", "holder_stale_after", "fence")
         list_filter = (StateFilter,)
         search_fields = ("name", "owner")
-        readonly_fields = ("locked_at", "heartbeat_at", "owner")
+        ordering = ("name",)
+        fields = readonly_fields = (
+            "name",
+            "state",
+            "holder",
+            "fence",
+            "held_since",
+            "held_for",
+            "last_heartbeat",
+            "holder_stale_after",
+        )
         actions = ["release_locks"]
 
         def get_queryset(self, request):
             queryset = super().get_queryset(request)
             return _with_state(queryset, connections[queryset.db].vendor)
 
+        # Rows are written by their holders only: renaming a held lock would let
+        # a second holder take the old name; a row added here has no heartbeat;
+        # Django's delete would release without the log and the confirmation.
+        def has_add_permission(self, request, *args):
+            return False
+
+        def has_change_permission(self, request, obj=None):
+            return False
+
+        def has_delete_permission(self, request, obj=None):
+            return False
+
+        def has_release_permission(self, request):
+            """Releasing needs the delete permission on locks."""
+            codename = get_permission_codename("delete", self.opts)
+            return request.user.has_perm("%s.%s" % (self.opts.app_label, codename))
+
+        def _shown(self, lock):
+            return _shown(lock, _setting("MARATHON_STALE_AFTER"))
+
+        def _time(self, lock, value):
+            return _for_people(_aware(value, connections[lock._state.db].vendor, by_hand=not lock.token))
+
+        @column("state")
         def state(self, lock):
-            return _state(lock, _setting("MARATHON_STALE_AFTER"))
+            return self._shown(lock).state
 
+        @column("owner", "owner")
+        def holder(self, lock):
+            return self._shown(lock).owner
+
+        @column("fence", "id")
+        def fence(self, lock):
+            return lock.pk
+
+        @column("held since", "locked_at")
+        def held_since(self, lock):
+            return self._time(lock, lock.locked_at)
+
+        @column("held for", "held_for")
+        def held_for(self, lock):
+            return format_html(
+                '<span title="since {}">{}</span>', self._time(lock, lock.locked_at), self._shown(lock).held_for
+            )
+
+        @column("last heartbeat", "heartbeat_age")
+        def last_heartbeat(self, lock):
+            if lock.heartbeat_at is None:
+                return "never"
+            return format_html(
+                '<span title="at {}">{}</span>', self._time(lock, lock.heartbeat_at), self._shown(lock).last_heartbeat
+            )
+
+        @column("stale after", "stale_after")
+        def holder_stale_after(self, lock):
+            return self._shown(lock).stale_after
+
+        @column("Release selected locks")
         def release_locks(self, request, queryset):
-            names = sorted(lock.name for lock in queryset)
-            queryset.delete()
-            logger.warning("%s released the lock(s) %s in the admin.", request.user, ", ".join(map(repr, names)))
-            self.message_user(request, "Released %d lock(s): %s." % (len(names), ", ".join(names)))
+            """Show which selected locks are running and who holds them; release on confirmation."""
+            stale_after = _setting("MARATHON_STALE_AFTER")
+            locks = list(queryset.order_by("name"))
+            if request.POST.get("post") != "yes":
+                return self._confirm_release(request, [_shown(lock, stale_after) for lock in locks])
+            released = _release_shown(_model().objects.all(), locks)
+            if released:
+                _log_release(request.user.get_username(), "in the admin", released, stale_after)
+            gone = len(request.POST.getlist(ACTION_CHECKBOX_NAME)) - len(released)
+            self.message_user(
+                request,
+                "Released %d lock(s)%s%s"
+                % (
+                    len(released),
+                    ": %s." % ", ".join(lock.name for lock in released) if released else ".",
+                    " %d selected lock(s) were gone already: released, or taken over by a holder that keeps it." % gone
+                    if gone
+                    else "",
+                ),
+            )
+            return None
 
-        release_locks.short_description = "Release selected locks"
-        release_locks.allowed_permissions = ("delete",)
+        release_locks.allowed_permissions = ("release",)
+
+        def _confirm_release(self, request, locks):
+            changelist = reverse(
+                "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name), current_app=self.admin_site.name
+            )
+            context = dict(
+                self.admin_site.each_context(request),
+                title="Release locks",
+                opts=self.opts,
+                locks=locks,
+                running=[lock for lock in locks if lock.state == "running"],
+                checkbox_name=ACTION_CHECKBOX_NAME,
+                changelist_url=changelist,
+                index_url=reverse("admin:index", current_app=self.admin_site.name),
+                app_url=reverse("admin:app_list", args=(self.opts.app_label,), current_app=self.admin_site.name),
+            )
+            # From a string, with the engine that renders the admin: this module has no template folder.
+            template = get_template("admin/base_site.html").backend.from_string(_CONFIRM_RELEASE)
+            return TemplateResponse(request, template, context)
 
     site.register(_model(), LockAdmin)
 
 
-_USAGE = """\
-python -m marathon [--database ALIAS] list
-python -m marathon [--database ALIAS] release NAME [NAME ...]
-python -m marathon [--database ALIAS] release --stale
+_EPILOG = """\
+exit status: 0 if a lock was listed or released, 1 if none was, 2 for a
+usage or settings error, 3 if the database failed; for run, see run --help.
 
-Lists the locks (name, state, owner, held for, last heartbeat) or releases
-some. Needs DJANGO_SETTINGS_MODULE, as django-admin does. Exit status: 0 if
-something was listed or released, 1 if nothing was, 2 on bad usage."""
+Every release is logged on the logger "marathon" with who ran it (user@host).
+Needs the project's settings, as django-admin does: DJANGO_SETTINGS_MODULE
+names them, and PYTHONPATH holds the project if it is not the current directory."""
+
+
+def _parser():
+    """The parser of `python -m marathon`, and those of its commands release and run."""
+    import argparse
+
+    database = argparse.ArgumentParser(add_help=False)  # accepted before and after the command
+    database.add_argument(
+        "--database",
+        metavar="ALIAS",
+        default=argparse.SUPPRESS,
+        help="the database of the locks (default: MARATHON_DATABASE, else the router's)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m marathon",
+        description="List the locks of django-marathon, release some, or run a command under one.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[database],
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True  # the keyword needs Python 3.7
+    commands.add_parser(
+        "list",
+        help="list the locks: name, state, owner, held for, last heartbeat, stale after, fence",
+        description="List the locks, by the database's clock.",
+        parents=[database],
+        allow_abbrev=False,
+    )
+    release = commands.add_parser(
+        "release",
+        help="release locks by name, or every stale one",
+        description="Release locks by name (a lock's holder finds it lost at its next heartbeat), "
+        "or with --stale every stale lock, each only if it is still stale.",
+        parents=[database],
+        allow_abbrev=False,
+    )
+    release.add_argument("names", nargs="*", metavar="NAME", help="a lock's name (after -- if it starts with -)")
+    release.add_argument("--stale", action="store_true", help="release every stale lock instead")
+    run = commands.add_parser(
+        "run",
+        help="run a command while holding a lock: one copy of it across hosts",
+        description="Run CMD as a child while holding the lock NAME. Exit status: CMD's (128 + the signal "
+        "if one ended it, 127 if it cannot be run), 75 if --wait ran out, 70 if the lock was lost.",
+        usage="python -m marathon run NAME [--wait S] [--heartbeat S] [--stale-after S] [--database ALIAS] "
+        "-- CMD [ARGS...]",
+        parents=[database],
+        allow_abbrev=False,
+    )
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("--wait", type=float, default=None, help="seconds to wait for the lock (default: for ever)")
+    run.add_argument("--heartbeat", type=float, default=None)
+    run.add_argument("--stale-after", type=float, default=None)
+    return parser, release, run
 
 
 def _main(argv):
-    """The shell tool: list locks, release them by name or all stale ones; run a command under a lock."""
-    args = list(argv)
-    alias = None
-    if args[:1] == ["--database"] and len(args) > 1:
-        alias, args = args[1], args[2:]
-    if args[:1] == ["run"]:
-        return _main_run(args[1:], alias)
-    if not args or args[0] not in ("list", "release") or (args[0] == "release" and len(args) < 2):
-        print(_USAGE, file=sys.stderr)
-        return 2
-    django.setup()
-    alias = _alias(alias)
-    stale_after = _setting("MARATHON_STALE_AFTER")
-    if args[0] == "release":
-        if args[1:] == ["--stale"]:
-            names = _run(alias, _release_stale, stale_after)
-        else:
-            names = [name for name in args[1:] if _model().objects.using(alias).filter(name=name).delete()[0]]
-        print("Released %d lock(s)%s" % (len(names), ": " + ", ".join(names) if names else "."))
-        return 0 if names else 1
-    locks = list(_with_state(_model().objects.using(alias).order_by("name"), connections[alias].vendor))
-    rows = [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT")] + [
-        (
-            lock.name,
-            _state(lock, stale_after),
-            lock.owner or "-",
-            "%.0f s" % lock.held_for,
-            "-" if lock.heartbeat_age is None else "%.1f s ago" % lock.heartbeat_age,
+    """The shell tool: `python -m marathon list|release|run`. Returns the exit status."""
+    parser, release, run = _parser()
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    command = argv[split + 1 :]  # run's CMD; elsewhere `--` only ends the options (release -- -name)
+    try:
+        args = parser.parse_args(argv[:split])
+        if args.command != "run":
+            args = parser.parse_args(argv)
+        elif not command:
+            run.error("the command to run comes after --")
+        if args.command == "release" and args.stale and args.names:
+            release.error("--stale releases every stale lock and takes no names; got %s" % " ".join(args.names))
+        if args.command == "release" and not args.stale and not args.names:
+            release.error("name the locks to release, or give --stale")
+    except SystemExit as exit:  # argparse printed the help (0) or a usage error (2)
+        return exit.code
+    try:
+        _setup()
+        alias = _alias(getattr(args, "database", None))
+        if alias not in settings.DATABASES:
+            raise CommandError(
+                "no database %r in DATABASES (%s)." % (alias, ", ".join(sorted(settings.DATABASES))), returncode=2
+            )
+        if args.command == "run":  # its exit status is the child's: see the section on the supervisor
+            return _supervise(args.name, command, args.wait, args.heartbeat, args.stale_after, alias)
+        try:
+            if args.command == "list":
+                return _list(alias)
+            return _release(alias, args.names, args.stale)
+        except Error as exc:
+            raise CommandError(_database_failed(alias, exc), returncode=3) from exc
+        finally:
+            connections[alias].close()
+    except CommandError as error:
+        print("python -m marathon: error: %s" % error, file=sys.stderr)
+        return error.returncode
+
+
+def _setup():
+    """django.setup() with the project's settings, or CommandError(returncode=2) saying what is missing."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if not module:
+        raise CommandError(
+            "DJANGO_SETTINGS_MODULE is not set: name your settings module, as for django-admin "
+            "(DJANGO_SETTINGS_MODULE=mysite.settings python -m marathon ...).",
+            returncode=2,
         )
-        for lock in locks
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    try:
+        django.setup()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        hint = ""
+        if missing and (module + ".").startswith(missing + "."):
+            hint = " Is the directory that holds it on PYTHONPATH (or the current directory)?"
+        raise CommandError("cannot import the settings %r: %s.%s" % (module, exc, hint), returncode=2) from exc
+    except ImproperlyConfigured as exc:
+        raise CommandError("the settings %r are not usable: %s" % (module, exc), returncode=2) from exc
+    if not _apps.is_installed("marathon"):
+        raise CommandError("'marathon' is not in INSTALLED_APPS of the settings %r." % module, returncode=2)
+
+
+def _database_failed(alias, exc):
+    """One line: which database failed, and how."""
+    connection = connections[alias]
+    where = connection.settings_dict.get("NAME") or ""
+    if connection.settings_dict.get("HOST"):
+        where = "%s at %s:%s" % (where, connection.settings_dict["HOST"], connection.settings_dict.get("PORT") or "")
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    hint = " (has `manage.py migrate` created the table marathon_lock?)" if "marathon_lock" in text else ""
+    return "database %r (%s %s) failed: %s%s" % (alias, connection.vendor, where, text, hint)
+
+
+def _locks(alias):
+    return list(_with_state(_model().objects.using(alias).order_by("name"), connections[alias].vendor))
+
+
+def _list(alias):
+    stale_after = _setting("MARATHON_STALE_AFTER")
+    locks = _locks(alias)
+    rows = [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT", "STALE AFTER", "FENCE")]
+    rows += [_shown(lock, stale_after) for lock in locks]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0 if locks else 1
 
 
-def _main_run(args, alias):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m marathon run", description="Run CMD while holding the lock NAME.")
-    parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--wait", type=float, default=None, help="seconds to wait for the lock (default: for ever)")
-    parser.add_argument("--heartbeat", type=float, default=None)
-    parser.add_argument("--stale-after", type=float, default=None)
-    parser.add_argument("--database", default=alias)
-    parser.usage = "python -m marathon run NAME [--wait S] [--heartbeat S] [--stale-after S] [--database ALIAS] -- CMD [ARGS...]"
-    split = args.index("--") if "--" in args else len(args)
-    options, command = parser.parse_args(args[:split]), args[split + 1 :]
-    if not command:
-        parser.error("the command to run comes after --")
-    django.setup()
-    return _supervise(
-        options.name, command, options.wait, options.heartbeat, options.stale_after, options.database
+def _release(alias, names, stale):
+    stale_after = _setting("MARATHON_STALE_AFTER")
+    if stale:
+        candidates = [lock for lock in _locks(alias) if _state(lock, stale_after) == "stale"]
+        released = _run(alias, _release_stale, candidates, stale_after)
+    else:
+        found = {
+            lock.name: lock
+            for lock in _with_state(_model().objects.using(alias).filter(name__in=names), connections[alias].vendor)
+        }
+        for name in names:
+            if name not in found:
+                print("No lock named %r." % name, file=sys.stderr)
+        chosen = [found[name] for name in dict.fromkeys(names) if name in found]
+        released = _release_shown(_model().objects.using(alias), chosen)
+    if released:
+        _log_release(_operator(), "with python -m marathon", released, stale_after)
+    print(
+        "Released %d lock(s)%s" % (len(released), ": " + ", ".join(lock.name for lock in released) if released else ".")
     )
+    for lock in released:
+        if _state(lock, stale_after) == "running":
+            print(
+                "%r was running, held by %s: it goes on until its next heartbeat finds the lock lost."
+                % (lock.name, lock.owner or "an unknown holder")
+            )
+    return 0 if released else 1
+
+
+def _operator():
+    """Who runs this process, for the log: user@host, and whom sudo ran it for."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for this uid (a container); Python 3.13 raises OSError, older KeyError
+        user = "uid %s" % (os.getuid() if hasattr(os, "getuid") else "?")
+    sudo = os.environ.get("SUDO_USER")
+    return "%s@%s%s" % (user, socket.gethostname(), " (sudo from %s)" % sudo if sudo and sudo != user else "")
 
 
 # ---- The app config ----

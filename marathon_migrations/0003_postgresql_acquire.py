@@ -1,5 +1,7 @@
 from django.db import migrations
 
+from marathon_migrations import RunSQLOn
+
 # One acquire attempt on PostgreSQL: insert the lock, or else report who holds
 # it. A function rather than one statement with a CTE: its plans are cached per
 # session (the CTE was planned anew on every call, which cost more than the
@@ -33,16 +35,6 @@ $$
 DROP = "DROP FUNCTION IF EXISTS marathon_acquire(text, text, text)"
 
 
-def create(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(CREATE)
-
-
-def drop(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP)
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -50,5 +42,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(create, drop),
+        # SQL, not RunPython, so that sqlmigrate shows it for review.
+        RunSQLOn("postgresql", [CREATE], [DROP], description="Create the function marathon_acquire(text, text, text)"),
     ]

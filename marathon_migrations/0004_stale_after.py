@@ -1,5 +1,7 @@
 from django.db import migrations, models
 
+from marathon_migrations import RunSQLOn
+
 # PostgreSQL functions for the three statements a holder sends. Each waits at
 # most LOCK_TIMEOUT for another transaction's lock on a row (PostgreSQL would
 # otherwise wait forever, for instance behind a Lock row that a transaction
@@ -70,18 +72,6 @@ DROP = [
 ]
 
 
-def create(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        for sql in (ACQUIRE, RELEASE, BEAT):
-            schema_editor.execute(sql % {"timeout": LOCK_TIMEOUT})
-
-
-def drop(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        for sql in DROP:
-            schema_editor.execute(sql)
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -94,5 +84,11 @@ class Migration(migrations.Migration):
             name="stale_after",
             field=models.FloatField(blank=True, null=True),
         ),
-        migrations.RunPython(create, drop),
+        # SQL, not RunPython, so that sqlmigrate shows it for review.
+        RunSQLOn(
+            "postgresql",
+            [sql % {"timeout": LOCK_TIMEOUT} for sql in (ACQUIRE, RELEASE, BEAT)],
+            DROP,
+            description="Create the functions marathon_acquire(), marathon_release() and marathon_beat()",
+        ),
     ]

@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # the admin's CSS and JavaScript, for test_browser.py's live server
     "marathon",
     "tests.testapp",
 ]

@@ -307,8 +307,9 @@ def test_operators_judge_a_row_by_its_own_stale_after():
         queryset = marathon._with_state(Lock.objects.using("default").order_by("name"), connection.vendor)
         states = {lock.name: marathon._state(lock, 1) for lock in queryset}
         assert states == {"long-lived": "running", "short-lived": "stale"}
-        released = marathon._run("default", marathon._release_stale, 1)
-    assert released == ["short-lived"]
+        stale = [lock for lock in queryset if marathon._state(lock, 1) == "stale"]
+        released = marathon._run("default", marathon._release_stale, stale, 1)
+    assert [lock.name for lock in released] == ["short-lived"]
     assert row("long-lived") is not None
 
 

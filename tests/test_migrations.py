@@ -119,3 +119,78 @@ def test_a_model_change_without_migration_fails():
     status, out, err = run_python(["-c", code], env=child_env())
     assert status == 1, (out, err)
     assert "extra" in out
+
+
+# ---- What a DBA sees before migrating (issue 14) ----
+
+
+def sqlmigrate(*args):
+    out = io.StringIO()
+    call_command("sqlmigrate", "marathon", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "migration, created, dropped",
+    [
+        ("0003", ["marathon_acquire(lock_name text, lock_owner text, lock_token text)"], ["marathon_acquire(text"]),
+        (
+            "0004",
+            ["marathon_acquire(\n", "marathon_release(lock_id bigint", "marathon_beat(lock_ids bigint[]"],
+            ["marathon_acquire(text", "marathon_release(bigint", "marathon_beat(bigint[]"],
+        ),
+    ],
+)
+def test_sqlmigrate_shows_the_postgresql_functions(migration, created, dropped):
+    forwards, backwards = sqlmigrate(migration), sqlmigrate(migration, "--backwards")
+    assert "CANNOT BE WRITTEN AS SQL" not in forwards + backwards
+    assert "(PostgreSQL only)" in forwards
+    if connection.vendor == "postgresql":
+        for function in created:
+            assert "CREATE OR REPLACE FUNCTION " + function in forwards
+        for function in dropped:
+            assert "DROP FUNCTION IF EXISTS " + function in backwards
+    else:
+        assert "FUNCTION" not in forwards + backwards
+        assert "-- Nothing to do on " in forwards and "-- Nothing to do on " in backwards
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
+def test_migrations_create_and_drop_the_functions_on_postgresql():
+    def functions():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT oid::regprocedure::text FROM pg_proc WHERE proname LIKE 'marathon%' ORDER BY 1")
+            return [row[0] for row in cursor.fetchall()]
+
+    try:
+        migrate(("marathon", "0002_heartbeat"))
+        assert functions() == []
+        migrate(("marathon", "0003_postgresql_acquire"))
+        assert functions() == ["marathon_acquire(text,text,text)"]
+        migrate(("marathon", "0004_stale_after"))
+        assert functions() == [
+            "marathon_acquire(text,text,text)",
+            "marathon_acquire(text,text,text,double precision)",
+            "marathon_beat(bigint[],text[])",
+            "marathon_release(bigint,text)",
+        ]
+    finally:
+        migrate(latest())
+
+
+def test_run_sql_on_serializes_for_squashmigrations():
+    from django.db.migrations.writer import OperationWriter
+
+    from marathon_migrations import RunSQLOn
+
+    operation = RunSQLOn("postgresql", ["SELECT 1"], ["SELECT 2"], description="Select one")
+    text, imports = OperationWriter(operation, indentation=0).serialize()
+    assert text.startswith("marathon_migrations.RunSQLOn(") and imports == {"import marathon_migrations"}
+    _, args, kwargs = operation.deconstruct()
+    again = RunSQLOn(*args, **kwargs)
+    assert (again.vendor, again.sql, again.reverse_sql, again.describe()) == (
+        "postgresql",
+        ["SELECT 1"],
+        ["SELECT 2"],
+        "Select one (PostgreSQL only)",
+    )
