@@ -1994,6 +1994,11 @@ def _with_state(queryset, vendor):
     )
 
 
+def _with_run_age(queryset, vendor):
+    """Annotate each last run with the seconds since it finished, by the database's clock."""
+    return queryset.annotate(finished_age=RawSQL(_AGE[vendor].format(column="finished_at"), []))
+
+
 def _state(lock, stale_after):
     """running, stale or manual; judged by the holder's stored stale_after, else by `stale_after`."""
     if lock.heartbeat_age is None:
@@ -2256,7 +2261,47 @@ def _register_admin(site):
             template = get_template("admin/base_site.html").backend.from_string(_CONFIRM_RELEASE)
             return TemplateResponse(request, template, context)
 
+    class LastRunAdmin(admin.ModelAdmin):
+        """Read-only: the last run of each lock that has a min_interval, as its holders wrote it."""
+
+        list_display = ("name", "outcome", "finished", "took", "owner", "fence")
+        list_filter = ("outcome",)
+        search_fields = ("name", "owner")
+        ordering = ("name",)
+        fields = readonly_fields = ("name", "outcome", "started", "finished", "took", "owner", "fence")
+
+        def get_queryset(self, request):
+            queryset = super().get_queryset(request)
+            return _with_run_age(queryset, connections[queryset.db].vendor)
+
+        def has_add_permission(self, request, *args):
+            return False
+
+        def has_change_permission(self, request, obj=None):
+            return False
+
+        def has_delete_permission(self, request, obj=None):
+            return False
+
+        def _time(self, run, value):
+            return _for_people(_aware(value, connections[run._state.db].vendor))
+
+        @column("started", "started_at")
+        def started(self, run):
+            return "unknown" if run.started_at is None else self._time(run, run.started_at)
+
+        @column("finished", "finished_age")
+        def finished(self, run):
+            return format_html(
+                '<span title="at {}">{} ago</span>', self._time(run, run.finished_at), _duration(run.finished_age)
+            )
+
+        @column("duration", "duration")
+        def took(self, run):
+            return "unknown" if run.duration is None else _duration(run.duration)
+
     site.register(_model(), LockAdmin)
+    site.register(globals()["LastRun"], LastRunAdmin)
 
 
 _EPILOG = """\
@@ -2406,12 +2451,33 @@ def _locks(alias):
 def _list(alias):
     stale_after = _setting("MARATHON_STALE_AFTER")
     locks = _locks(alias)
-    rows = [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT", "STALE AFTER", "FENCE")]
-    rows += [_shown(lock, stale_after) for lock in locks]
+    _print_table(
+        [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT", "STALE AFTER", "FENCE")]
+        + [_shown(lock, stale_after) for lock in locks]
+    )
+    _model()
+    runs = _with_run_age(globals()["LastRun"].objects.using(alias).order_by("name"), connections[alias].vendor)
+    rows = [
+        (
+            run.name,
+            run.outcome,
+            _duration(run.finished_age) + " ago",
+            "unknown" if run.duration is None else _duration(run.duration),
+            run.owner or "-",
+            str(run.fence),
+        )
+        for run in runs
+    ]
+    if rows:  # the last runs of the locks with a min_interval
+        print()
+        _print_table([("LAST RUN OF", "OUTCOME", "FINISHED", "DURATION", "BY", "FENCE")] + rows)
+    return 0 if locks else 1
+
+
+def _print_table(rows):
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0 if locks else 1
 
 
 def _release(alias, names, stale):

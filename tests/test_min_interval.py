@@ -6,6 +6,7 @@ unless the test needs the lock object itself.
 import datetime
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -189,3 +190,38 @@ def test_a_failed_command_run_does_not_count():
 def test_min_interval_must_be_positive():
     with pytest.raises(ValueError, match="min_interval must be a positive number of seconds"):
         Marathon("x", min_interval=0)
+
+
+# ---- Shown to operators ----
+
+
+def test_the_admin_lists_each_names_last_run(client):
+    from django.contrib.auth.models import User
+
+    first = run_once("shown-in-admin")
+    run_once("failed-in-admin", outcome="error")
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "x"))
+    page = client.get("/admin/marathon/lastrun/").content.decode()
+    texts = [
+        re.sub(r"<[^>]+>", " ", row)
+        for row in re.findall(r"<tr[^>]*>((?:(?!</tr>).)*field-outcome(?:(?!</tr>).)*)</tr>", page, re.S)
+    ]
+    rows = {text.split()[0]: text for text in texts}
+    assert set(rows) == {"shown-in-admin", "failed-in-admin"}
+    assert "ok" in rows["shown-in-admin"].split() and first["owner"] in rows["shown-in-admin"]
+    assert re.search(r"\d+\.\d s ago", rows["shown-in-admin"]) and re.search(r"\b\d+\.\d s\b", rows["shown-in-admin"])
+    assert "error" in rows["failed-in-admin"].split()
+    assert client.get("/admin/marathon/lastrun/add/").status_code == 403  # written by holders only
+
+
+def test_the_shell_lists_last_runs_beside_the_locks(capsys):
+    import marathon
+
+    first = run_once("shown-in-shell")
+    assert marathon._main(["list"]) == 1  # no lock is held
+    out = capsys.readouterr().out.splitlines()
+    table = out[out.index("") + 1 :]
+    assert table[0].split() == ["LAST", "RUN", "OF", "OUTCOME", "FINISHED", "DURATION", "BY", "FENCE"]
+    row = table[1].split()
+    assert row[0:2] == ["shown-in-shell", "ok"] and first["owner"] in row and row[-1] == str(first["fence"])
+    assert re.search(r"\d+\.\d s ago", table[1])
