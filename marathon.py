@@ -678,8 +678,17 @@ def _own_connection(connection):
 def _run(alias, operation, *args):
     """Run operation(cursor, *args) where it commits at once (see above)."""
     connection = connections[alias]
-    with _fork_guard.statement(connection):
-        return _run_here(connection, alias, operation, *args)
+    for attempt in (1, 2, 3):
+        try:
+            with _fork_guard.statement(connection):
+                return _run_here(connection, alias, operation, *args)
+        except OperationalError as exc:
+            # InnoDB resolves a deadlock by rolling back one statement, and asks
+            # for it again; each of ours is its own transaction, and safe to
+            # repeat (an acquire recognises its own row, a release its token).
+            deadlock = connection.vendor == "mysql" and exc.args[:1] == (1213,)
+            if not deadlock or attempt == 3 or _in_testcase(connection):
+                raise
 
 
 def _run_here(connection, alias, operation, *args):

@@ -149,10 +149,10 @@ def test_the_standby_takes_over_from_a_killed_supervisor_and_its_child_dies(tmp_
 def _alive(pid):
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open("/proc/%d/stat" % pid) as file:  # a zombie is dead
+            return file.read().split(")")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):  # it may go while we look
         return False
-    with open("/proc/%d/stat" % pid) as file:  # a zombie is dead
-        return file.read().split(")")[-1].split()[0] != "Z"
 
 
 def test_wait_zero_gives_up_at_once_naming_the_holder(tmp_path):
