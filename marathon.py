@@ -2145,7 +2145,21 @@ def _register_admin(site):
 
         return describe
 
-    class LockAdmin(admin.ModelAdmin):
+    class ReadOnly:
+        """Rows are written by their holders only: renaming a held lock would let a second
+        holder take the old name; a row added here has no heartbeat; Django's delete would
+        release without the log and the confirmation; a last run is a record."""
+
+        def has_add_permission(self, request, *args):
+            return False
+
+        def has_change_permission(self, request, obj=None):
+            return False
+
+        def has_delete_permission(self, request, obj=None):
+            return False
+
+    class LockAdmin(ReadOnly, admin.ModelAdmin):
         """Read-only: a lock's row belongs to its holder. Releasing is the one action, confirmed and logged."""
 
         list_display = ("name", "state", "holder", "held_for", "last_heartbeat", "holder_stale_after", "fence")
@@ -2167,18 +2181,6 @@ def _register_admin(site):
         def get_queryset(self, request):
             queryset = super().get_queryset(request)
             return _with_state(queryset, connections[queryset.db].vendor)
-
-        # Rows are written by their holders only: renaming a held lock would let
-        # a second holder take the old name; a row added here has no heartbeat;
-        # Django's delete would release without the log and the confirmation.
-        def has_add_permission(self, request, *args):
-            return False
-
-        def has_change_permission(self, request, obj=None):
-            return False
-
-        def has_delete_permission(self, request, obj=None):
-            return False
 
         def has_release_permission(self, request):
             """Releasing needs the delete permission on locks."""
@@ -2270,7 +2272,7 @@ def _register_admin(site):
             template = get_template("admin/base_site.html").backend.from_string(_CONFIRM_RELEASE)
             return TemplateResponse(request, template, context)
 
-    class LastRunAdmin(admin.ModelAdmin):
+    class LastRunAdmin(ReadOnly, admin.ModelAdmin):
         """Read-only: the last run of each lock that has a min_interval, as its holders wrote it."""
 
         list_display = ("name", "outcome", "finished", "took", "owner", "fence")
@@ -2282,15 +2284,6 @@ def _register_admin(site):
         def get_queryset(self, request):
             queryset = super().get_queryset(request)
             return _with_run_age(queryset, connections[queryset.db].vendor)
-
-        def has_add_permission(self, request, *args):
-            return False
-
-        def has_change_permission(self, request, obj=None):
-            return False
-
-        def has_delete_permission(self, request, obj=None):
-            return False
 
         def _time(self, run, value):
             return _for_people(_aware(value, connections[run._state.db].vendor))
