@@ -96,6 +96,7 @@ __all__ = [
     "lock_acquired",
     "lock_lost",
     "lock_released",
+    "lock_skipped",
 ]
 __version__ = "1.1.0.dev0"
 
@@ -119,6 +120,7 @@ logger = logging.getLogger("marathon")
 lock_acquired = Signal()
 lock_released = Signal()
 lock_lost = Signal()
+lock_skipped = Signal()  # a refused run that skips quietly; also with `reason`
 
 # ---- Exceptions ----
 
@@ -350,6 +352,7 @@ def _model():
 
         __qualname__ = "LastRun"
 
+        id = _models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")
         OUTCOMES = [
             ("ok", "ok"),
             ("error", "error"),
@@ -1060,11 +1063,7 @@ class _Heartbeat(threading.Thread):
 
     def _wait(self):
         """Sleep until a beat is due; return a snapshot of the holds, or None once it has lingered idle."""
-        idle = False
         while True:
-            if idle:
-                self._end_session()
-                _at("heartbeat.idle", alias=self.alias)
             with self.registry.mutex:
                 now = _clock()
                 idle = not self.holds
@@ -1082,6 +1081,9 @@ class _Heartbeat(threading.Thread):
                             del self.registry.heartbeats[self.alias]
                         return None
                     self.until = self.idle_since + _LINGER
+            if idle:  # its connection closes at once; the thread lingers for the next acquire
+                self._end_session()
+                _at("heartbeat.idle", alias=self.alias)
             self.wake.wait(self.until - now)
             self.wake.clear()  # state is read again after every wake, under the mutex
 
@@ -1256,10 +1258,21 @@ class Marathon:
     called with this Marathon, from marathon's reporter thread, if the lock is lost.
     ``min_interval``: seconds; the lock is refused (RanRecently) while its last
     successful run finished less than this long ago, by the database's clock.
+    ``on_held``: what a decorated call does when refused: "raise" (the
+    default), or "skip" (return None, log at INFO, send lock_skipped).
     """
 
     def __init__(
-        self, name, *, wait=0, heartbeat=None, stale_after=None, using=None, on_lost=None, min_interval=None
+        self,
+        name,
+        *,
+        wait=0,
+        heartbeat=None,
+        stale_after=None,
+        using=None,
+        on_lost=None,
+        min_interval=None,
+        on_held="raise",
     ):
         _check_name(name)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
@@ -1273,6 +1286,9 @@ class Marathon:
             raise ValueError("on_lost must be callable; got %r." % (on_lost,))
         if min_interval is not None and _seconds_error("min_interval", min_interval):
             raise ValueError(_seconds_error("min_interval", min_interval))
+        if on_held not in ("raise", "skip"):
+            raise ValueError('on_held must be "raise" or "skip"; got %r.' % (on_held,))
+        self.on_held = on_held
         self.min_interval = min_interval
         self.name = name
         self.wait = wait
@@ -1512,19 +1528,15 @@ class Marathon:
     async def __aexit__(self, exc_type, exc, traceback):
         await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
 
-    def __call__(self, func=None, *, on_held="raise"):
+    def __call__(self, func):
         """Decorate `func`: every call holds the lock, on an acquisition of its own, so threads
         and tasks may share it. `{param}` fields in the name are filled from each call's arguments.
 
         A call that is refused raises AlreadyRunning (or RanRecently); with
         on_held="skip" it returns None instead, logs at INFO and sends
-        lock_skipped, which task queues count as a success. Without `func` this
-        returns the decorator: ``@Marathon(name)(on_held="skip")``.
+        lock_skipped, which task queues count as a success.
         """
-        if on_held not in ("raise", "skip"):
-            raise ValueError('on_held must be "raise" or "skip"; got %r.' % (on_held,))
-        if func is None:
-            return functools.partial(self.__call__, on_held=on_held)
+        on_held = self.on_held
         name_for = _name_template(self.name, func)
 
         def marathon_for(args, kwargs):
@@ -1536,6 +1548,7 @@ class Marathon:
                 using=self.using,
                 on_lost=self.on_lost,
                 min_interval=self.min_interval,
+                on_held=on_held,
             )
 
         if inspect.iscoroutinefunction(func):
@@ -1691,8 +1704,6 @@ def _owner():
 # Sent with the lock's name, the reason ("held" or "ran recently"), and the
 # owner and fence of the holder, or the owner of the last run and no fence;
 # the sender is the command's class, or Marathon for a decorated function.
-lock_skipped = Signal()
-__all__.append("lock_skipped")  # public, like its siblings above: see the README's "Signals and logging"
 
 
 def _skipped(lock, outcome, sender):

@@ -43,7 +43,7 @@ def skips():
 
 def test_on_held_skip_returns_none_logs_at_info_and_signals(skips, caplog):
     calls = []
-    skip_if_running = Marathon("sync-stock", **FAST)(on_held="skip")  # @...(on_held="skip") needs Python 3.9+
+    skip_if_running = Marathon("sync-stock", **FAST, on_held="skip")
 
     @skip_if_running
     def sync_stock(shop):
@@ -62,7 +62,7 @@ def test_on_held_skip_returns_none_logs_at_info_and_signals(skips, caplog):
 
 
 def test_on_held_skip_skips_a_run_too_soon_after_the_last(skips):
-    skip_if_too_soon = Marathon("nightly-report", min_interval=60, **FAST)(on_held="skip")
+    skip_if_too_soon = Marathon("nightly-report", min_interval=60, **FAST, on_held="skip")
 
     @skip_if_too_soon
     def nightly_report():
@@ -74,7 +74,7 @@ def test_on_held_skip_skips_a_run_too_soon_after_the_last(skips):
 
 
 def test_on_held_skip_on_an_async_function(skips):
-    skip_if_running = Marathon("async-sync", **FAST)(on_held="skip")
+    skip_if_running = Marathon("async-sync", **FAST, on_held="skip")
 
     @skip_if_running
     async def sync_stock():
@@ -105,7 +105,7 @@ def run(coroutine):
 
 
 def test_on_held_skip_holds_the_lock_while_the_function_runs():
-    skip_if_running = Marathon("inside", **FAST)(on_held="skip")
+    skip_if_running = Marathon("inside", **FAST, on_held="skip")
 
     @skip_if_running
     def inside():
@@ -119,7 +119,7 @@ def test_on_held_skip_holds_the_lock_while_the_function_runs():
 
 
 def test_on_held_skip_still_raises_what_the_function_raises():
-    skip_if_running = Marathon("failing", **FAST)(on_held="skip")
+    skip_if_running = Marathon("failing", **FAST, on_held="skip")
 
     @skip_if_running
     def failing():
@@ -143,7 +143,7 @@ def test_the_default_still_raises_already_running(skips):
 
 def test_on_held_must_be_raise_or_skip():
     with pytest.raises(ValueError, match='on_held must be "raise" or "skip"; got \'ignore\''):
-        Marathon("x")(on_held="ignore")
+        Marathon("x", on_held="ignore")
 
 
 # ---- Commands: a skip is told apart from a run ----
