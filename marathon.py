@@ -757,20 +757,20 @@ def _at_transaction_end(connection, pending):
             return
         if connection.in_atomic_block and not connection.closed_in_transaction:
             _at_transaction_end(connection, pending)
-        else:
-            _run_pending(pending)
+        else:  # inside Django's rollback(): no user code may use the connection here
+            _run_pending(pending, during_rollback=True)
 
     weakref.finalize(at_commit, discarded).atexit = False
     connection.on_commit(at_commit)
 
 
-def _run_pending(pending):
+def _run_pending(pending, **kwargs):
     """Run the release in `pending` if nobody has yet (list.pop is atomic)."""
     try:
         release = pending.pop()
     except IndexError:
         return
-    release()
+    release(**kwargs)
 
 
 def _transaction_ended(connection):
@@ -1365,7 +1365,7 @@ class Marathon:
         """_acquire() for async code: each attempt runs where Django allows database work."""
         plan = self._plan(wait)
         for pause in _pauses():
-            outcome = await _in_thread_uncancelled(self._try, plan, undo=self.release)
+            outcome = await _in_thread_uncancelled(self._try, plan, undo=functools.partial(self._release, None))
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
                 return outcome
@@ -1444,6 +1444,7 @@ class Marathon:
         if transaction_ is not None:
             hold.deferred = (transaction_, [functools.partial(self._release_logged, hold, outcome)])
             if not _registry_here().unregister(hold, _DEFERRED):
+                self._record_loss(hold)
                 return False
             _at_transaction_end(*hold.deferred)
             return True
@@ -1453,7 +1454,7 @@ class Marathon:
         """release() for async code."""
         return await _in_thread_uncancelled(self.release)
 
-    def _release_now(self, hold, outcome):
+    def _release_now(self, hold, outcome, during_rollback=False):
         if not hold.mine():
             return False  # a deferred release inherited by a forked child: the parent's to make
         if not _registry_here().unregister(hold, _RELEASED):
@@ -1474,7 +1475,11 @@ class Marathon:
             hold.owner,
             _clock() - hold.acquired,
         )
-        lock_released.send(Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
+        send = functools.partial(lock_released.send, Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
+        if during_rollback:  # its receivers may query: not inside Django's rollback()
+            _registry_here().report(send)
+        else:
+            send()
         return True
 
     def _record_loss(self, hold):
@@ -1487,10 +1492,10 @@ class Marathon:
         except Exception:
             logger.exception("Could not record the lost run of %r.", self.name)
 
-    def _release_logged(self, hold, outcome):
+    def _release_logged(self, hold, outcome, during_rollback=False):
         """A release deferred to the end of a transaction: there, an error can only be logged."""
         try:
-            self._release_now(hold, outcome)  # a loss it finds is reported as every loss is
+            self._release_now(hold, outcome, during_rollback)  # a loss it finds is reported as every loss is
         except Exception:
             logger.exception("The release of the lock %r at the end of a transaction failed.", self.name)
 
@@ -1607,15 +1612,28 @@ async def _in_thread_uncancelled(function, *args, undo=None):
     call still finishes, and an acquisition it made is undone (`undo`) before
     the cancellation goes on.
     """
-    call = asyncio.ensure_future(sync_to_async(function, thread_sensitive=True)(*args))
-    try:
-        return await asyncio.shield(call)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            outcome = await call
-            if undo is not None and getattr(outcome, "fence", None) is not None:
-                await sync_to_async(undo, thread_sensitive=True)()
-        raise
+    call = await _seen_through(sync_to_async(function, thread_sensitive=True)(*args))
+    if call.cancelled_here:
+        if undo is not None and not call.exception() and getattr(call.result(), "fence", None) is not None:
+            await _seen_through(sync_to_async(undo, thread_sensitive=True)())
+        raise asyncio.CancelledError()
+    return call.result()
+
+
+async def _seen_through(coroutine):
+    """Await `coroutine` to its end however often the awaiting task is cancelled meanwhile
+    (anyio cancel scopes cancel again on every turn of the loop); the finished future,
+    with `cancelled_here` set if a cancellation was held back."""
+    call = asyncio.ensure_future(coroutine)
+    call.cancelled_here = False
+    while not call.done():
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.cancelled_here = True
+        except Exception:
+            pass  # the caller reads it from the future
+    return call
 
 
 def _name_template(name, func):
@@ -1922,14 +1940,15 @@ def _supervise(name, command, wait=None, heartbeat=None, stale_after=None, using
             print("marathon: %s" % lock._refusal(outcome), file=sys.stderr, flush=True)
             return _EXIT_HELD
         print("marathon: got the lock %r (fence %s); starting %s" % (name, lock.fence, command), file=sys.stderr, flush=True)
+        stopped = [False]
         try:
-            status = _run_child(lock, command, lost, received)
+            status = _run_child(lock, command, lost, received, stopped)
         finally:
-            if lock.lost:
-                print("marathon: lost the lock %r: %s; stopped the child." % (name, lock._hold.reason), file=sys.stderr)
+            if stopped[0] or not lock.release():  # lost, by the heartbeat, its deadline or the release
+                reason = lock._hold.reason or "it was not confirmed in time"
+                print("marathon: lost the lock %r: %s; the child was stopped." % (name, reason), file=sys.stderr)
                 status = _EXIT_LOST
             else:
-                lock.release()
                 logger.info("Released the lock %r after its child exited.", name)
         return status
     finally:
@@ -1941,19 +1960,23 @@ def _acquire_unless_signalled(lock, wait, received):
     """Acquire, polling so that a signal ends a long wait; None if one did."""
     deadline = float("inf") if wait is None else time.monotonic() + wait
     for pause in _pauses():
-        outcome = lock._acquire(0)
-        if outcome.fence is not None:
-            return outcome
         if received:
             return None
+        outcome = lock._acquire(0)
+        if outcome.fence is not None and received:  # told to stop while the attempt ran
+            lock.release()
+            return None
+        if outcome.fence is not None:
+            return outcome
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return outcome
         _sleep(min(pause, remaining))
 
 
-def _run_child(lock, command, lost, received):
-    """Run the child while the lock is held; stop it if the lock is lost. Its exit status."""
+def _run_child(lock, command, lost, received, stopped):
+    """Run the child while the lock is held; stop it if the lock is lost (then stopped[0] is
+    True). Its exit status."""
     hold = lock._hold
     child = subprocess.Popen(_child_command(command))
     logger.info("Started %s as pid %d under the lock %r (fence %s).", command, child.pid, lock.name, lock.fence)
@@ -1961,9 +1984,9 @@ def _run_child(lock, command, lost, received):
     while child.poll() is None:
         while received:
             child.send_signal(received.pop(0))
-        if lost.is_set() and killed_at is None:
+        if (lost.is_set() or not lock.held) and killed_at is None:  # held: its own deadline too
             child.terminate()
-            killed_at = time.monotonic() + grace
+            stopped[0], killed_at = True, time.monotonic() + grace
         if killed_at is not None and time.monotonic() >= killed_at:
             child.kill()
         lost.wait(0.01 if killed_at is not None else 0.05)
@@ -1979,6 +2002,8 @@ def _run_child(lock, command, lost, received):
 _DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as Python found them: exec keeps ignored signals\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(%d)  # the supervisor died before prctl: nobody would stop us\n"
     "try:\n"

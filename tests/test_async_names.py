@@ -328,3 +328,51 @@ def test_command_lock_name_is_filled_from_options(tmp_path):
     finally:
         touch(go)
         finish(running)
+
+
+# ---- What the second review found ----
+
+
+def _cancel_twice_while_the_attempt_runs(lock):
+    reached, go = threading.Event(), threading.Event()
+
+    def hook(point, **facts):
+        if point == "acquire.taken":
+            reached.set()
+            go.wait(BOUND)
+
+    async def job():
+        attempt = asyncio.ensure_future(lock.aacquire())
+        loop = asyncio.get_event_loop()
+        assert await loop.run_in_executor(None, reached.wait, BOUND)
+        attempt.cancel()
+        await asyncio.sleep(0)
+        attempt.cancel()  # as anyio's cancel scopes do, again and again
+        await asyncio.sleep(0)
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+
+    marathon._hook = hook
+    try:
+        run(job())
+    finally:
+        marathon._hook = None
+        go.set()
+
+
+def test_a_task_cancelled_twice_while_its_attempt_succeeds_releases_it():
+    lock = Marathon("async-cancel-twice", **FAST)
+    _cancel_twice_while_the_attempt_runs(lock)
+    assert not lock.held
+    assert rows("async-cancel-twice") == 0
+
+
+def test_a_cancelled_acquire_is_no_run_for_min_interval():
+    from marathon import LastRun
+
+    lock = Marathon("async-cancel-period", min_interval=3600, **FAST)
+    _cancel_twice_while_the_attempt_runs(lock)
+    assert rows("async-cancel-period") == 0
+    assert not LastRun.objects.using("default").filter(name="async-cancel-period", outcome="ok").exists()
+    assert Marathon("async-cancel-period", min_interval=3600, **FAST).acquire()

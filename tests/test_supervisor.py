@@ -243,3 +243,14 @@ def test_a_command_that_cannot_run_exits_127():
     assert status == 127, err
     assert "cannot run no-such-command-here" in err
     assert lock_row("missing") is None
+
+
+def test_the_child_gets_sigpipe_and_sigxfsz_as_a_shell_would():
+    """Python ignores both at startup, and exec keeps ignored signals: the wrapper restores them."""
+    process = start_python(
+        ["-m", "marathon", "run", "signals"] + FAST + ["--", "sh", "-c", "grep SigIgn /proc/self/status"]
+    )
+    status, out, err = finish(process, timeout=60)
+    assert status == 0, err
+    ignored = int(out.split()[-1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0 and ignored & (1 << (signal.SIGXFSZ - 1)) == 0, out

@@ -19,7 +19,7 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import finish, start_python, touch, wait_for_file
+from tests.fixtures_lock import finish, start_python, touch, wait_for, wait_for_file
 from tests.transactions_child import COUNTER_TABLE
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -250,3 +250,26 @@ def test_sqlite_busy_database_raises_operational_error_not_held(short_busy_timeo
     with Marathon("busy-db", **FAST) as lock:  # nothing was left behind
         assert lock.held
     assert not row_exists("busy-db")
+
+
+def test_a_lock_released_receiver_that_queries_does_not_break_a_rollback():
+    """The release at a rollback runs inside Django's rollback(): receivers run later, elsewhere."""
+    from marathon import lock_released
+
+    counted = []
+
+    def receiver(sender, name, **kwargs):
+        counted.append(Lock.objects.count())
+        connection.close()  # its thread's own connection
+
+    lock_released.connect(receiver)
+    try:
+        with pytest.raises(ZeroDivisionError):  # the caller's own error, not one of the receiver's
+            with transaction.atomic():
+                with Marathon("rolled-back-receiver", **FAST):
+                    pass
+                1 / 0
+        assert not row_exists("rolled-back-receiver")
+        wait_for(lambda: counted, 10, "the lock_released receiver")
+    finally:
+        lock_released.disconnect(receiver)
