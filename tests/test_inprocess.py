@@ -109,9 +109,9 @@ def test_acquire_while_the_idle_heartbeat_decides_to_end_is_beaten(monkeypatch):
     """A hold registered while the idle heartbeat is about to end must not join a thread that leaves."""
     monkeypatch.setattr(marathon, "_LINGER", 0.05)
     lock = Marathon("before-the-end", **FAST)
-    assert lock.acquire()
-    assert lock.release()
     with seam("heartbeat.idle") as stopped:
+        assert lock.acquire()
+        assert lock.release()
         assert stopped.reached.wait(BOUND)
         threading.Event().wait(0.1)  # past the linger: the thread will decide to end when let go
         late = Marathon("joins-late", **FAST)

@@ -25,7 +25,11 @@ STALE = "2000-01-01T00:00:00Z"
 
 
 def make_locks():
-    """One lock per state: running (ours), stale (an old heartbeat), manual (no heartbeat)."""
+    """One lock per state: running (ours), stale (an old heartbeat), manual (no heartbeat).
+
+    Log users in first: on SQLite a write transaction that reads first (Django's
+    default, deferred) fails at once with "database is locked" when the running
+    lock's heartbeat writes meanwhile (see the README's SQLite notes)."""
     running = Marathon("running-job", heartbeat=0.2, stale_after=45)  # beats often: a release is seen at once
     assert running.acquire()
     Lock.objects.create(name="stale-job", owner="web1:42", heartbeat_at=STALE)
@@ -69,9 +73,10 @@ def staff(client):
 
 
 def test_admin_lists_state_owner_ages_stale_after_and_fence(staff):
+    client = staff("view_lock")  # before the heartbeat runs: see make_locks()
     running = make_locks()
     try:
-        page = staff("view_lock").get(CHANGELIST).content.decode()
+        page = client.get(CHANGELIST).content.decode()
     finally:
         running.release()
     assert (cell(page, "state", "running-job"), cell(page, "holder", "running-job")) == ("running", running.owner)
@@ -91,9 +96,10 @@ def test_admin_lists_state_owner_ages_stale_after_and_fence(staff):
 
 @pytest.mark.parametrize("state, expected", [("running", "running-job"), ("stale", "stale-job"), ("manual", "manual-job")])
 def test_admin_filters_by_state(staff, state, expected):
+    client = staff("view_lock")
     running = make_locks()
     try:
-        page = staff("view_lock").get(CHANGELIST, {"state": state}).content.decode()
+        page = client.get(CHANGELIST, {"state": state}).content.decode()
     finally:
         running.release()
     shown = [name for name in ("running-job", "stale-job", "manual-job") if ">%s</a>" % name in page]
@@ -101,9 +107,10 @@ def test_admin_filters_by_state(staff, state, expected):
 
 
 def test_admin_shows_each_lock_read_only(staff):
+    client = staff(superuser=True)
     running = make_locks()
     try:
-        page = staff(superuser=True).get(CHANGELIST + "%d/change/" % running.fence).content.decode()
+        page = client.get(CHANGELIST + "%d/change/" % running.fence).content.decode()
     finally:
         running.release()
     for text in ("running-job", running.owner, str(running.fence), "45 s", " s ago", " UTC"):
@@ -116,8 +123,8 @@ def test_admin_shows_each_lock_read_only(staff):
 
 
 def test_admin_cannot_add_change_or_delete_a_lock(staff):
-    running = make_locks()
     client = staff(superuser=True)
+    running = make_locks()
     try:
         assert CHANGELIST + "add/" not in client.get(CHANGELIST).content.decode()
         assert client.get(CHANGELIST + "add/").status_code == 403
@@ -143,8 +150,8 @@ def test_admin_offers_no_delete_selected(staff):
 
 
 def test_admin_release_asks_first_naming_running_locks_and_their_holders(staff):
-    running = make_locks()
     client = staff("view_lock", "delete_lock")
+    running = make_locks()
     selected = [pk("running-job"), pk("stale-job")]
     try:
         page = client.post(CHANGELIST, {"action": "release_locks", "_selected_action": selected, "index": 0})
@@ -159,8 +166,8 @@ def test_admin_release_asks_first_naming_running_locks_and_their_holders(staff):
 
 
 def test_admin_release_on_confirmation_deletes_and_logs_who_and_what(staff, caplog):
-    running = make_locks()
     client = staff("view_lock", "delete_lock")
+    running = make_locks()
     selected = [pk("running-job"), pk("stale-job")]
     with caplog.at_level(logging.WARNING, logger="marathon"):
         response = client.post(CHANGELIST, {"action": "release_locks", "_selected_action": selected, "post": "yes"})
@@ -187,8 +194,8 @@ def test_admin_release_leaves_a_lock_taken_over_since_the_confirmation(staff):
 
 
 def test_admin_release_needs_the_delete_permission(staff):
-    running = make_locks()
     client = staff("view_lock", "change_lock")
+    running = make_locks()
     try:
         assert "release_locks" not in client.get(CHANGELIST).content.decode()
         selected = list(Lock.objects.values_list("pk", flat=True))
