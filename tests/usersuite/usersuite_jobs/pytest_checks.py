@@ -20,6 +20,21 @@ needs_django_32 = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def db(db):
+    """pytest-django's `db`, where marathon can tell its transaction from the user's own.
+
+    Django 4.1+ marks the test's atomic blocks. Django 3.2 marks only a
+    TestCase's class (in its setUpClass), which pytest-django 4.6+ skips for
+    the `db` fixture: there the test's transaction looks like the user's.
+    """
+    from django.db import transaction
+
+    if django.VERSION < (4, 1) and getattr(transaction.Atomic, "_ensure_durability", True):
+        pytest.skip("pytest-django skips TestCase.setUpClass, where Django < 4.1 marks a test's transaction")
+    return db
+
+
 def run_job():
     out, err = io.StringIO(), io.StringIO()
     call_command("run_job", stdout=out, stderr=err)
