@@ -73,6 +73,17 @@ def start_command(*args):
     return start_python(["-m", "django"] + [str(arg) for arg in args])
 
 
+def run_coroutine(coroutine):
+    """Run a coroutine on a loop of its own, closed after (Python 3.6 has no asyncio.run)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def wait_for(predicate, timeout=DEADLINE, what="condition", process=None):
     """Poll predicate until true or the deadline; fail with `what` if it never is."""
     deadline = time.monotonic() + timeout

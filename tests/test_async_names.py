@@ -15,7 +15,7 @@ from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon
-from tests.fixtures_lock import finish, run_python, start_child, touch, wait_for_file
+from tests.fixtures_lock import finish, run_coroutine as run, run_python, start_child, touch, wait_for_file
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,12 +23,6 @@ FAST = {"heartbeat": 0.2, "stale_after": 2.0}
 BOUND = 10.0
 
 
-def run(coroutine):
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.close()
 
 
 def rows(name):
@@ -149,31 +143,8 @@ def test_a_task_cancelled_while_waiting_leaves_nothing_behind(holder):
 
 def test_a_task_cancelled_while_its_attempt_succeeds_releases_it():
     """The attempt runs in a thread that cannot be stopped: it takes the lock after the cancel."""
-    reached, go = threading.Event(), threading.Event()
-
-    def hook(point, **facts):
-        if point == "acquire.taken":
-            reached.set()
-            go.wait(BOUND)
-
-    async def job():
-        lock = Marathon("async-cancel-attempt", **FAST)
-        attempt = asyncio.ensure_future(lock.aacquire())
-        loop = asyncio.get_event_loop()
-        assert await loop.run_in_executor(None, reached.wait, BOUND)
-        attempt.cancel()
-        await asyncio.sleep(0)
-        go.set()
-        with pytest.raises(asyncio.CancelledError):
-            await attempt
-        return lock
-
-    marathon._hook = hook
-    try:
-        lock = run(job())
-    finally:
-        marathon._hook = None
-        go.set()
+    lock = Marathon("async-cancel-attempt", **FAST)
+    _cancel_while_the_attempt_runs(lock, times=1)
     assert not lock.held
     assert rows("async-cancel-attempt") == 0
 
@@ -333,7 +304,8 @@ def test_command_lock_name_is_filled_from_options(tmp_path):
 # ---- What the second review found ----
 
 
-def _cancel_twice_while_the_attempt_runs(lock):
+def _cancel_while_the_attempt_runs(lock, times):
+    """Cancel the task `times` times while its attempt is stopped in its thread, just after the insert."""
     reached, go = threading.Event(), threading.Event()
 
     def hook(point, **facts):
@@ -345,10 +317,9 @@ def _cancel_twice_while_the_attempt_runs(lock):
         attempt = asyncio.ensure_future(lock.aacquire())
         loop = asyncio.get_event_loop()
         assert await loop.run_in_executor(None, reached.wait, BOUND)
-        attempt.cancel()
-        await asyncio.sleep(0)
-        attempt.cancel()  # as anyio's cancel scopes do, again and again
-        await asyncio.sleep(0)
+        for _ in range(times):  # anyio's cancel scopes cancel again and again
+            attempt.cancel()
+            await asyncio.sleep(0)
         go.set()
         with pytest.raises(asyncio.CancelledError):
             await attempt
@@ -363,7 +334,7 @@ def _cancel_twice_while_the_attempt_runs(lock):
 
 def test_a_task_cancelled_twice_while_its_attempt_succeeds_releases_it():
     lock = Marathon("async-cancel-twice", **FAST)
-    _cancel_twice_while_the_attempt_runs(lock)
+    _cancel_while_the_attempt_runs(lock, times=2)
     assert not lock.held
     assert rows("async-cancel-twice") == 0
 
@@ -372,7 +343,7 @@ def test_a_cancelled_acquire_is_no_run_for_min_interval():
     from marathon import LastRun
 
     lock = Marathon("async-cancel-period", min_interval=3600, **FAST)
-    _cancel_twice_while_the_attempt_runs(lock)
+    _cancel_while_the_attempt_runs(lock, times=2)
     assert rows("async-cancel-period") == 0
     assert not LastRun.objects.using("default").filter(name="async-cancel-period", outcome="ok").exists()
     assert Marathon("async-cancel-period", min_interval=3600, **FAST).acquire()

@@ -19,6 +19,7 @@ from django.core.management.base import CommandError
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon, lock_skipped
 from tests.fixtures_lock import child_env, db_now
+from tests.fixtures_lock import run_coroutine as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,12 +97,6 @@ def rows_closing(name):
         connection.close()
 
 
-def run(coroutine):
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.close()
 
 
 def test_on_held_skip_holds_the_lock_while_the_function_runs():
