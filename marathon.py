@@ -43,6 +43,7 @@ The sections, in the order they read:
 # ---- Imports ----
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import datetime
@@ -878,6 +879,7 @@ class _Registry:
         self.mutex = threading.Lock()
         self.heartbeats = {}  # alias -> _Heartbeat
         self.reporter = None  # the _Reporter thread, while it runs
+        self.closing = False  # the interpreter exits: no more reports
 
     def register(self, hold):
         """Have hold beaten; starts a heartbeat thread if its database has none that will."""
@@ -944,6 +946,8 @@ class _Registry:
 
     def _report(self, job):
         """Queue job for the reporter thread, starting one if none runs. Under the mutex."""
+        if self.closing:
+            return
         if self.reporter is None or not self.reporter.is_alive():
             reporter = _Reporter(self)
             reporter.start()
@@ -952,6 +956,22 @@ class _Registry:
 
 
 _registry = _Registry()
+
+
+def _at_exit():
+    """Let the reporter finish what it is writing before the interpreter shuts down: a daemon
+    thread caught holding stderr's lock at shutdown makes Python abort the process."""
+    registry = _registry
+    with registry.mutex:
+        registry.closing = True
+        reporter = registry.reporter
+        if reporter is not None:
+            reporter.jobs.put(None)
+    if reporter is not None and reporter is not threading.current_thread():
+        reporter.join(_LINGER)
+
+
+atexit.register(_at_exit)
 
 
 def _forget_parent():
@@ -1236,6 +1256,8 @@ class _Reporter(threading.Thread):
                         self.registry.reporter = None
                         return
                 continue
+            if job is None:  # the interpreter exits (see _at_exit)
+                return
             try:
                 job()
             except BaseException:  # not even SystemExit from a callback may end the reports
