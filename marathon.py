@@ -113,6 +113,7 @@ _POLL_INTERVALS = (0.05, 0.1, 0.2, 0.5, 1.0)  # seconds between attempts while w
 _LINGER = 1.0  # seconds an idle heartbeat or reporter thread waits for more work before it ends
 _BEAT_CHUNK = 400  # locks per heartbeat UPDATE: two parameters each, below SQLite's old limit of 999
 _FORK_WAIT = 10.0  # seconds a fork waits for marathon's SQLite statements in flight
+_DEADLOCK_ATTEMPTS = 10  # times a lock statement is sent when InnoDB reports a deadlock
 _SLICE = 0.05  # seconds between two looks at the deadlines while a heartbeat waits for its answer
 
 logger = logging.getLogger("marathon")
@@ -691,7 +692,7 @@ def _close_own(connection):
 def _run(alias, operation, *args):
     """Run operation(cursor, *args) where it commits at once (see above)."""
     connection = connections[alias]
-    for attempt in (1, 2, 3):
+    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
         try:
             with _fork_guard.statement(connection):
                 return _run_here(connection, alias, operation, *args)
@@ -700,8 +701,9 @@ def _run(alias, operation, *args):
             # for it again; each of ours is its own transaction, and safe to
             # repeat (an acquire recognises its own row, a release its token).
             deadlock = connection.vendor == "mysql" and exc.args[:1] == (1213,)
-            if not deadlock or attempt == 3 or _in_testcase(connection):
+            if not deadlock or attempt == _DEADLOCK_ATTEMPTS or _in_testcase(connection):
                 raise
+            _sleep(secrets.randbelow(50) / 1000)  # apart from the other party, which tries again too
 
 
 def _run_here(connection, alias, operation, *args):
