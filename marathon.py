@@ -1557,7 +1557,8 @@ class Marathon:
         """The exception for an acquire that did not take the lock: AlreadyRunning or RanRecently."""
         last_run = outcome.last_run
         if last_run is not None:
-            return RanRecently(self.name, last_run.owner, _utc(last_run.finished_at), self.min_interval)
+            finished = _aware(last_run.finished_at, connections[_alias(self.using)].vendor)
+            return RanRecently(self.name, last_run.owner, finished.astimezone(datetime.timezone.utc), self.min_interval)
         holder = outcome.holder
         if holder is None:
             return AlreadyRunning(self.name)
@@ -1712,15 +1713,6 @@ def _filled(name, values):
     result = name.format(**values)
     _check_name(result)
     return result
-
-
-def _utc(value):
-    """A time read from the database as an aware UTC datetime."""
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc)
 
 
 def _pauses():
