@@ -9,6 +9,7 @@ Child processes started by the tests import these settings with
 MARATHON_TEST_CHILD=1: they then use the TEST database that pytest-django
 created, as their default database.
 """
+
 import os
 import re
 import tempfile
@@ -25,17 +26,30 @@ if DB not in ("sqlite", "postgres", "mysql"):
     )
 CHILD = os.environ.get("MARATHON_TEST_CHILD") == "1"
 
-ENV_NAME = re.sub(
-    r"[^a-z0-9_]+", "_", os.environ.get("TOX_ENV_NAME", "local").lower()
-).strip("_")[:40] or "local"
+# MARATHON_TEST_ID, if set, prefixes the tox env's name: two checkouts can
+# then run the same tox env against one database server at once.
+ENV_NAME = (
+    re.sub(
+        r"[^a-z0-9_]+",
+        "_",
+        (
+            os.environ.get("MARATHON_TEST_ID", "")
+            + "_"
+            + os.environ.get("TOX_ENV_NAME", "local")
+        ).lower(),
+    ).strip("_")[:40]
+    or "local"
+)
 NAME = "marathon_%s" % ENV_NAME  # never created: Django connects without it
 TEST_NAME = "test_marathon_%s" % ENV_NAME  # created and dropped by the tests
 
 if DB == "sqlite":
     # A file database (not :memory:) so child processes can share it.
-    _tmp = os.path.join(os.environ["TOX_ENV_DIR"], "tmp") if os.environ.get(
-        "TOX_ENV_DIR"
-    ) else tempfile.gettempdir()
+    _tmp = (
+        os.path.join(os.environ["TOX_ENV_DIR"], "tmp")
+        if os.environ.get("TOX_ENV_DIR")
+        else tempfile.gettempdir()
+    )
     _default = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.path.join(_tmp, NAME + ".sqlite3"),
@@ -81,9 +95,7 @@ if CHILD:
     # [tool:pytest] filterwarnings; keep the two lists in step).
     warnings.simplefilter("error")
     # Django 3.1/3.2 import `cgi`, deprecated in Python 3.11.
-    warnings.filterwarnings(
-        "ignore", r"'cgi' is deprecated", DeprecationWarning
-    )
+    warnings.filterwarnings("ignore", r"'cgi' is deprecated", DeprecationWarning)
     # Django 3.1 parses driver versions (psycopg2) with distutils'
     # LooseVersion, whose setuptools copy warns.
     warnings.filterwarnings(
