@@ -73,7 +73,14 @@ from django.apps import apps as _apps  # private: `marathon.apps` is this module
 from django.conf import settings
 from django.core import checks
 from django.core.management.base import CommandError, OutputWrapper
-from django.db import Error, InterfaceError, OperationalError, connections, router, transaction
+from django.db import (
+    Error,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.db import models as _models  # private: `marathon.models` is this module
 from django.db.models import Value
 from django.db.models.expressions import RawSQL
@@ -87,8 +94,8 @@ import marathon_migrations
 
 __all__ = [
     "AlreadyRunning",
-    "LastRun",
-    "Lock",
+    "LastRun",  # noqa: F822 - built on first access, see the glue at the end
+    "Lock",  # noqa: F822 - likewise
     "LockLost",
     "Marathon",
     "MarathonError",
@@ -147,7 +154,9 @@ class AlreadyRunning(MarathonError):
         if self.heartbeat_at:
             beat = "last heartbeat %s" % _format_time(self.heartbeat_at)
         else:
-            beat = "no heartbeat: a lock made by hand, released only by deleting its row"
+            beat = (
+                "no heartbeat: a lock made by hand, released only by deleting its row"
+            )
         return "%r is already running: the lock is held by %s%s (%s)." % (
             self.name,
             holder,
@@ -171,12 +180,15 @@ class RanRecently(AlreadyRunning):
 
     def __str__(self):
         next_start = self.finished_at + datetime.timedelta(seconds=self.min_interval)
-        return "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)." % (
-            self.name,
-            self.owner or "an unknown holder",
-            _format_time(self.finished_at),
-            _format_time(next_start),
-            self.min_interval,
+        return (
+            "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)."
+            % (
+                self.name,
+                self.owner or "an unknown holder",
+                _format_time(self.finished_at),
+                _format_time(next_start),
+                self.min_interval,
+            )
         )
 
 
@@ -197,7 +209,9 @@ def _format_time(value):
         value = parse_datetime(value)
     if value is None:
         return "an unknown time"
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC" if value.utcoffset() is None else "%Y-%m-%d %H:%M:%S %Z")
+    return value.strftime(
+        "%Y-%m-%d %H:%M:%S UTC" if value.utcoffset() is None else "%Y-%m-%d %H:%M:%S %Z"
+    )
 
 
 # ---- Settings ----
@@ -234,7 +248,8 @@ def _timing_errors(heartbeat, stale_after, heartbeat_label, stale_label):
             (
                 "marathon.E003",
                 "%s must be at least twice %s, so that one late heartbeat does not "
-                "lose the lock; got %r and %r." % (stale_label, heartbeat_label, stale_after, heartbeat),
+                "lose the lock; got %r and %r."
+                % (stale_label, heartbeat_label, stale_after, heartbeat),
             )
         )
     return errors
@@ -251,25 +266,33 @@ def _check_name(name):
         raise ValueError("A lock name must not be empty.")
     if len(name) > _MAX_NAME_LENGTH:
         raise ValueError(
-            "A lock name must be at most %d characters; got %d." % (_MAX_NAME_LENGTH, len(name))
+            "A lock name must be at most %d characters; got %d."
+            % (_MAX_NAME_LENGTH, len(name))
         )
     if "\x00" in name:
-        raise ValueError("A lock name must not contain NUL characters; got %r." % (name,))
+        raise ValueError(
+            "A lock name must not contain NUL characters; got %r." % (name,)
+        )
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("A lock name must be valid Unicode (no lone surrogates); got %r." % (name,))
+        raise ValueError(
+            "A lock name must be valid Unicode (no lone surrogates); got %r." % (name,)
+        ) from None
 
 
 def _check_name_for(connection, name):
     """MySQL's utf8 (utf8mb3) connections cannot carry characters beyond U+FFFF."""
     if connection.vendor != "mysql" or all(ord(char) <= 0xFFFF for char in name):
         return
-    charset = connection.get_connection_params().get("charset", "utf8")  # what Django connects with
+    charset = connection.get_connection_params().get(
+        "charset", "utf8"
+    )  # what Django connects with
     if charset != "utf8mb4":
         raise ValueError(
             "Lock name %r has characters beyond U+FFFF, which database %r cannot carry with "
-            "charset %r: set OPTIONS['charset'] = 'utf8mb4' for it." % (name, connection.alias, charset)
+            "charset %r: set OPTIONS['charset'] = 'utf8mb4' for it."
+            % (name, connection.alias, charset)
         )
 
 
@@ -323,7 +346,9 @@ def _model():
 
         __qualname__ = "Lock"  # pickle finds it as marathon.Lock
 
-        id = _models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")
+        id = _models.BigAutoField(
+            auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+        )
         name = _models.CharField(max_length=_MAX_NAME_LENGTH, unique=True)
         locked_at = _models.DateTimeField(auto_now_add=True)
         heartbeat_at = _models.DateTimeField(null=True, blank=True)
@@ -354,7 +379,9 @@ def _model():
 
         __qualname__ = "LastRun"
 
-        id = _models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")
+        id = _models.BigAutoField(
+            auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+        )
         OUTCOMES = [
             ("ok", "ok"),
             ("error", "error"),
@@ -400,14 +427,14 @@ _AGE = {  # seconds since {column}
     "sqlite": "(julianday('now') - julianday({column})) * 86400.0",
     "mysql": "TIMESTAMPDIFF(MICROSECOND, {column}, UTC_TIMESTAMP(6)) / 1000000.0",
 }
-_COLUMNS = (
-    "(name, locked_at, heartbeat_at, owner, token, stale_after) VALUES (%s, {now}, {now}, %s, %s, %s)"
-)
+_COLUMNS = "(name, locked_at, heartbeat_at, owner, token, stale_after) VALUES (%s, {now}, {now}, %s, %s, %s)"
 _HOLDER_COLUMNS = "id, owner, locked_at, heartbeat_at, {age}, stale_after, token"
 _STALE = "{age} > COALESCE(stale_after, %s)"
 
 # What an attempt learns of the row that holds the name.
-_Holder = collections.namedtuple("_Holder", "id owner locked_at heartbeat_at age stale_after token")
+_Holder = collections.namedtuple(
+    "_Holder", "id owner locked_at heartbeat_at age stale_after token"
+)
 # An attempt's outcome: the fence if taken, else the holder (None if it left
 # meanwhile), or the error of a SQLite database too busy to answer, or the
 # last run that finished too recently (a _LastRun). `took_over`: the stale
@@ -419,7 +446,9 @@ _LastRun = collections.namedtuple("_LastRun", "outcome finished_at owner age")
 
 
 def _sql(template, vendor):
-    return template.format(now=_NOW[vendor], age=_AGE[vendor].format(column="heartbeat_at"))
+    return template.format(
+        now=_NOW[vendor], age=_AGE[vendor].format(column="heartbeat_at")
+    )
 
 
 # PostgreSQL: one call inserts, or else reports the holder; functions from
@@ -438,42 +467,61 @@ _INSERT_IF_FREE = {
     "sqlite": _sql("INSERT OR IGNORE INTO marathon_lock " + _COLUMNS, "sqlite"),
 }
 _SELECT_HOLDER = {
-    vendor: _sql("SELECT " + _HOLDER_COLUMNS + " FROM marathon_lock WHERE name = %s", vendor)
+    vendor: _sql(
+        "SELECT " + _HOLDER_COLUMNS + " FROM marathon_lock WHERE name = %s", vendor
+    )
     for vendor in _NOW
 }
 _SELECT_STALE = {
-    vendor: _sql("SELECT name, id FROM marathon_lock WHERE " + _STALE + " ORDER BY name", vendor)
+    vendor: _sql(
+        "SELECT name, id FROM marathon_lock WHERE " + _STALE + " ORDER BY name", vendor
+    )
     for vendor in _NOW
 }
 # Takeover deletes the row we found stale only if it is still stale by the
 # database's clock and its holder's stale_after: a holder that beat meanwhile
 # keeps its lock.
 _DELETE_STALE = {
-    vendor: _sql("DELETE FROM marathon_lock WHERE id = %s AND " + _STALE, vendor) for vendor in _NOW
+    vendor: _sql("DELETE FROM marathon_lock WHERE id = %s AND " + _STALE, vendor)
+    for vendor in _NOW
 }
 _RELEASE = "DELETE FROM marathon_lock WHERE id = %s AND token = %s"
 
 # A lock with a min_interval keeps its last run in marathon_lastrun: written
 # before the lock's row is deleted, and only over the record of an older fence.
 _RUN_COLUMNS = "(name, started_at, finished_at, owner, fence, outcome, duration)"
-_RUN_UPSERT = {
-    vendor: " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, "
+_RUN_UPSERT = dict.fromkeys(
+    ("postgresql", "sqlite"),
+    " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at, "
     "finished_at = excluded.finished_at, owner = excluded.owner, fence = excluded.fence, "
-    "outcome = excluded.outcome, duration = excluded.duration WHERE marathon_lastrun.fence <= excluded.fence"
-    for vendor in ("postgresql", "sqlite")
-}
+    "outcome = excluded.outcome, duration = excluded.duration WHERE marathon_lastrun.fence <= excluded.fence",
+)
 _RUN_UPSERT["mysql"] = " ON DUPLICATE KEY UPDATE " + ", ".join(
     "marathon_lastrun.{0} = IF(marathon_lastrun.fence <= VALUES(fence), VALUES({0}), marathon_lastrun.{0})".format(
         column
     )
-    for column in ("started_at", "finished_at", "owner", "outcome", "duration", "fence")  # fence last
+    for column in (
+        "started_at",
+        "finished_at",
+        "owner",
+        "outcome",
+        "duration",
+        "fence",
+    )  # fence last
 )
+
+
 def _run_sql(select, vendor):
     return (
         "INSERT INTO marathon_lastrun "
         + _RUN_COLUMNS
         + " "
-        + _sql(select.replace("{locked_age}", "(%s)" % _AGE[vendor].format(column="locked_at")), vendor)
+        + _sql(
+            select.replace(
+                "{locked_age}", "(%s)" % _AGE[vendor].format(column="locked_at")
+            ),
+            vendor,
+        )
         + _RUN_UPSERT[vendor]
     )
 
@@ -497,12 +545,17 @@ _RECORD_ABANDONED = {
 }
 # The run of a holder whose row is gone: what it knows of itself.
 _RECORD_LOST = {
-    vendor: "INSERT INTO marathon_lastrun " + _RUN_COLUMNS + " VALUES (%s, NULL, " + _NOW[vendor]
-    + ", %s, %s, 'lost', NULL)" + _RUN_UPSERT[vendor]
+    vendor: "INSERT INTO marathon_lastrun "
+    + _RUN_COLUMNS
+    + " VALUES (%s, NULL, "
+    + _NOW[vendor]
+    + ", %s, %s, 'lost', NULL)"
+    + _RUN_UPSERT[vendor]
     for vendor in _NOW
 }
 _SELECT_LAST_RUN = {
-    vendor: "SELECT outcome, finished_at, owner, " + _AGE[vendor].format(column="finished_at")
+    vendor: "SELECT outcome, finished_at, owner, "
+    + _AGE[vendor].format(column="finished_at")
     + " FROM marathon_lastrun WHERE name = %s"
     for vendor in _NOW
 }
@@ -512,7 +565,10 @@ def _beat_sql(vendor, count):
     """The heartbeat's UPDATE and its follow-up SELECT, for `count` locks (not PostgreSQL)."""
     marks = ", ".join(["%s"] * count)
     mine = "id IN (%s) AND token IN (%s)" % (marks, marks)
-    update = "UPDATE marathon_lock SET heartbeat_at = %s WHERE %s" % (_NOW[vendor], mine)
+    update = "UPDATE marathon_lock SET heartbeat_at = %s WHERE %s" % (
+        _NOW[vendor],
+        mine,
+    )
     return update, "SELECT id FROM marathon_lock WHERE " + mine
 
 
@@ -542,7 +598,9 @@ def _read_holder(cursor, name, token):
     if row is None:
         return _Outcome(None, None)
     holder = _Holder(*row)
-    return _Outcome(holder.id, None) if holder.token == token else _Outcome(None, holder)
+    return (
+        _Outcome(holder.id, None) if holder.token == token else _Outcome(None, holder)
+    )
 
 
 def _take(cursor, name, owner, token, stale_after, min_interval):
@@ -619,7 +677,11 @@ def _rowcount(cursor, sql, params):
 def _explained(exc, name, connection):
     """The database error `exc` of lock `name`, with what to do about it where we know."""
     text = str(exc)
-    if connection.vendor == "sqlite" and "locked" in text and _in_transaction(connection):
+    if (
+        connection.vendor == "sqlite"
+        and "locked" in text
+        and _in_transaction(connection)
+    ):
         advice = (
             "SQLite lets one connection write at a time, and inside transaction.atomic() "
             "marathon's statements run on a connection of their own, which waits for your "
@@ -665,7 +727,9 @@ def _in_testcase(connection):
     blocks = getattr(connection, "atomic_blocks", None)
     if blocks is not None:  # Django 4.1+
         return any(getattr(block, "_from_testcase", False) for block in blocks)
-    return getattr(transaction.Atomic, "_ensure_durability", True) is False  # Django 3.2
+    return (
+        getattr(transaction.Atomic, "_ensure_durability", True) is False
+    )  # Django 3.2
 
 
 def _in_transaction(connection):
@@ -677,7 +741,9 @@ def _in_transaction(connection):
 
 def _own_connection(connection):
     """A connection of marathon's own to the same database, in autocommit whatever DATABASES says."""
-    return type(connection)(dict(connection.settings_dict, AUTOCOMMIT=True), connection.alias)
+    return type(connection)(
+        dict(connection.settings_dict, AUTOCOMMIT=True), connection.alias
+    )
 
 
 def _close_own(connection):
@@ -701,9 +767,15 @@ def _run(alias, operation, *args):
             # for it again; each of ours is its own transaction, and safe to
             # repeat (an acquire recognises its own row, a release its token).
             deadlock = connection.vendor == "mysql" and exc.args[:1] == (1213,)
-            if not deadlock or attempt == _DEADLOCK_ATTEMPTS or _in_testcase(connection):
+            if (
+                not deadlock
+                or attempt == _DEADLOCK_ATTEMPTS
+                or _in_testcase(connection)
+            ):
                 raise
-            _sleep(secrets.randbelow(50) / 1000)  # apart from the other party, which tries again too
+            _sleep(
+                secrets.randbelow(50) / 1000
+            )  # apart from the other party, which tries again too
 
 
 def _run_here(connection, alias, operation, *args):
@@ -741,7 +813,9 @@ def _callers_transaction(alias):
     """The connection whose transaction a release waits for: the lock's database's if it is in
     atomic(), else the first of this thread's other connections that is (MARATHON_DATABASE may
     differ from the database the caller writes to). None outside transactions, and in a TestCase."""
-    for connection in [connections[alias]] + [connections[other] for other in connections if other != alias]:
+    for connection in [connections[alias]] + [
+        connections[other] for other in connections if other != alias
+    ]:
         if connection.in_atomic_block:
             return None if _in_testcase(connection) else connection
     return None
@@ -789,10 +863,14 @@ def _transaction_ended(connection):
     """Read from another thread, without I/O: has the transaction a deferred release waits for
     ended, committed or not? (During a commit in_atomic_block is already False while
     autocommit is not yet back on; a closed connection has no transaction.)"""
-    return not connection.in_atomic_block and (connection.autocommit or connection.connection is None)
+    return not connection.in_atomic_block and (
+        connection.autocommit or connection.connection is None
+    )
 
 
-_collecting = False  # True while the cyclic garbage collector runs (finalizers must not block)
+_collecting = (
+    False  # True while the cyclic garbage collector runs (finalizers must not block)
+)
 
 
 def _note_collection(phase, info):
@@ -847,7 +925,9 @@ class _Hold:
         self.min_interval = plan.min_interval
         self.acquired = self.confirmed = confirmed  # _clock() when the acquire was sent
         self.due = confirmed + plan.heartbeat  # when the next beat is due
-        self.beaten = beaten  # False inside a TestCase: its row is invisible to the heartbeat
+        self.beaten = (
+            beaten  # False inside a TestCase: its row is invisible to the heartbeat
+        )
         self.pid = os.getpid()  # a forked child inherits the object, not the lock
         self.state = _HELD
         self.reason = None  # why it was lost
@@ -908,7 +988,9 @@ class _Registry:
     def unregister(self, hold, state):
         """Move hold to _DEFERRED (still beaten) or _RELEASED; False if that is no longer its move."""
         with self.mutex:
-            if not (hold.state == _HELD or (hold.state == _DEFERRED and state == _RELEASED)):
+            if not (
+                hold.state == _HELD or (hold.state == _DEFERRED and state == _RELEASED)
+            ):
                 return False
             hold.state = state
             if state != _DEFERRED:
@@ -942,7 +1024,11 @@ class _Registry:
 
     def _forget(self, hold):
         heartbeat = self.heartbeats.get(hold.alias)
-        if heartbeat is not None and heartbeat.holds.pop(hold.token, None) is not None and not heartbeat.holds:
+        if (
+            heartbeat is not None
+            and heartbeat.holds.pop(hold.token, None) is not None
+            and not heartbeat.holds
+        ):
             heartbeat.idle_since = _clock()
             heartbeat.wake.set()  # idle: end its session now, linger from now
 
@@ -1061,8 +1147,12 @@ class _Heartbeat(threading.Thread):
         self.registry = registry
         self.alias = alias
         self.holds = {}  # token -> _Hold; guarded by registry.mutex
-        self.until = float("inf")  # when the current sleep ends; guarded by registry.mutex
-        self.idle_since = None  # since when it has had no hold; guarded by registry.mutex
+        self.until = float(
+            "inf"
+        )  # when the current sleep ends; guarded by registry.mutex
+        self.idle_since = (
+            None  # since when it has had no hold; guarded by registry.mutex
+        )
         self.ending = False  # set under registry.mutex; register() then starts another
         self.wake = threading.Event()
         self.session = None  # this thread's own
@@ -1076,10 +1166,15 @@ class _Heartbeat(threading.Thread):
                 _at("heartbeat.beat", holds=holds)
                 try:
                     self._beat(holds)
-                except Exception:  # never let a surprise stop the beats of every other lock
+                except (
+                    Exception
+                ):  # never let a surprise stop the beats of every other lock
                     self.registry.report(
                         functools.partial(
-                            logger.error, "The heartbeat on %r failed.", self.alias, exc_info=sys.exc_info()
+                            logger.error,
+                            "The heartbeat on %r failed.",
+                            self.alias,
+                            exc_info=sys.exc_info(),
                         )
                     )
         finally:
@@ -1105,14 +1200,18 @@ class _Heartbeat(threading.Thread):
                         return list(self.holds.values())
                     self.until = due
                 else:
-                    self.idle_since = now if self.idle_since is None else self.idle_since
+                    self.idle_since = (
+                        now if self.idle_since is None else self.idle_since
+                    )
                     if now - self.idle_since >= _LINGER:
                         self.ending = True
                         if self.registry.heartbeats.get(self.alias) is self:
                             del self.registry.heartbeats[self.alias]
                         return None
                     self.until = self.idle_since + _LINGER
-            if idle:  # its connection closes at once; the thread lingers for the next acquire
+            if (
+                idle
+            ):  # its connection closes at once; the thread lingers for the next acquire
                 self._end_session()
                 _at("heartbeat.idle", alias=self.alias)
             self.wake.wait(self.until - now)
@@ -1122,7 +1221,11 @@ class _Heartbeat(threading.Thread):
         sent = _clock()
         for hold in holds:
             if sent >= hold.deadline:
-                self.registry.lose(hold, "the database could not be reached for %.1f s" % (sent - hold.confirmed))
+                self.registry.lose(
+                    hold,
+                    "the database could not be reached for %.1f s"
+                    % (sent - hold.confirmed),
+                )
         holds = [hold for hold in holds if sent < hold.deadline]
         if not holds:
             return
@@ -1135,14 +1238,22 @@ class _Heartbeat(threading.Thread):
         now = _clock()
         snapshot = set(holds)
         with self.registry.mutex:  # holds taken while it waited are judged too
-            judged = holds + [hold for hold in self.holds.values() if hold not in snapshot]
+            judged = holds + [
+                hold for hold in self.holds.values() if hold not in snapshot
+            ]
         for hold in judged:
             if error is None and hold.fence in alive:
                 hold.confirmed, hold.due = sent, sent + hold.interval
             elif error is None and hold in snapshot:
-                self.registry.lose(hold, "its row was deleted or taken over", row_gone=True)
+                self.registry.lose(
+                    hold, "its row was deleted or taken over", row_gone=True
+                )
             elif now >= hold.deadline:
-                self.registry.lose(hold, "the database could not be reached for %.1f s" % (now - hold.confirmed))
+                self.registry.lose(
+                    hold,
+                    "the database could not be reached for %.1f s"
+                    % (now - hold.confirmed),
+                )
             elif error is not None:
                 hold.due = min(now + hold.interval / 4, hold.deadline)  # retry soon
         for hold in holds:  # a release waiting for a transaction that ended unseen
@@ -1151,13 +1262,21 @@ class _Heartbeat(threading.Thread):
         if error is not None:
             self.registry.report(
                 functools.partial(
-                    logger.warning, "Heartbeat for %d lock(s) on %r failed: %s", len(holds), self.alias, error
+                    logger.warning,
+                    "Heartbeat for %d lock(s) on %r failed: %s",
+                    len(holds),
+                    self.alias,
+                    error,
                 )
             )
         elif logger.isEnabledFor(logging.DEBUG):
             self.registry.report(
                 functools.partial(
-                    logger.debug, "Heartbeat refreshed %d of %d lock(s) on %r.", len(alive), len(holds), self.alias
+                    logger.debug,
+                    "Heartbeat refreshed %d of %d lock(s) on %r.",
+                    len(alive),
+                    len(holds),
+                    self.alias,
                 )
             )
 
@@ -1166,7 +1285,10 @@ class _Heartbeat(threading.Thread):
         first deadline of any registered hold, those taken while it waits included."""
         while True:
             with self.registry.mutex:
-                first = min(hold.deadline for hold in itertools.chain(holds, self.holds.values()))
+                first = min(
+                    hold.deadline
+                    for hold in itertools.chain(holds, self.holds.values())
+                )
             try:
                 return answer.get(timeout=max(min(first - _clock(), _SLICE), 0.001))
             except queue.Empty:
@@ -1201,7 +1323,9 @@ class _Session(threading.Thread):
             for holds, answer in iter(self.jobs.get, None):
                 try:
                     answer.put((self._refresh(holds), None))
-                except Exception as exc:  # the database's errors vary; the heartbeat retries them all
+                except (
+                    Exception
+                ) as exc:  # the database's errors vary; the heartbeat retries them all
                     answer.put((None, exc))
         finally:
             with contextlib.suppress(Exception):
@@ -1215,11 +1339,16 @@ class _Session(threading.Thread):
             try:
                 with _fork_guard.statement(connection), connection.cursor() as cursor:
                     if connection.vendor == "postgresql":
-                        cursor.execute(_BEAT_POSTGRESQL, [[h.fence for h in holds], [h.token for h in holds]])
+                        cursor.execute(
+                            _BEAT_POSTGRESQL,
+                            [[h.fence for h in holds], [h.token for h in holds]],
+                        )
                         return {row[0] for row in cursor.fetchall()}
                     alive = set()
                     for start in range(0, len(holds), _BEAT_CHUNK):
-                        alive |= self._refresh_chunk(cursor, holds[start : start + _BEAT_CHUNK])
+                        alive |= self._refresh_chunk(
+                            cursor, holds[start : start + _BEAT_CHUNK]
+                        )
                     return alive
             except Exception:
                 with contextlib.suppress(Exception):
@@ -1262,7 +1391,9 @@ class _Reporter(threading.Thread):
                 return
             try:
                 job()
-            except BaseException:  # not even SystemExit from a callback may end the reports
+            except (
+                BaseException
+            ):  # not even SystemExit from a callback may end the reports
                 with contextlib.suppress(Exception):
                     logger.exception("A marathon report failed.")
 
@@ -1270,13 +1401,22 @@ class _Reporter(threading.Thread):
 def _report_loss(hold):
     """Log, signal and call back, on the reporter thread. Never raises."""
     marathon = hold.marathon
-    logger.error("Lost the lock %r (fence %s, owner %s): %s.", marathon.name, hold.fence, hold.owner, hold.reason)
+    logger.error(
+        "Lost the lock %r (fence %s, owner %s): %s.",
+        marathon.name,
+        hold.fence,
+        hold.owner,
+        hold.reason,
+    )
     try:
         lock_lost.send(Marathon, name=marathon.name, owner=hold.owner, fence=hold.fence)
         if marathon.on_lost is not None:
             marathon.on_lost(marathon)
     except BaseException:
-        logger.exception("The lock_lost handler or on_lost callback of %r failed.", marathon.name)
+        logger.exception(
+            "The lock_lost handler or on_lost callback of %r failed.", marathon.name
+        )
+
 
 # ---- Marathon ----
 
@@ -1348,7 +1488,12 @@ class Marathon:
         """True from a successful acquire until release, or until the lock is lost or its loss
         deadline has passed unconfirmed (a process that was paused knows before its heartbeat says)."""
         hold = self._hold
-        return hold is not None and hold.state == _HELD and hold.mine() and not hold.overdue()
+        return (
+            hold is not None
+            and hold.state == _HELD
+            and hold.mine()
+            and not hold.overdue()
+        )
 
     @property
     def lost(self):
@@ -1372,7 +1517,10 @@ class Marathon:
         if hold.state == _LOST:
             raise LockLost(self.name, hold.reason)
         if hold.state == _HELD and hold.overdue():
-            raise LockLost(self.name, "it was not confirmed for %.1f s" % (_clock() - hold.confirmed))
+            raise LockLost(
+                self.name,
+                "it was not confirmed for %.1f s" % (_clock() - hold.confirmed),
+            )
 
     # -- acquire and release --
 
@@ -1398,7 +1546,9 @@ class Marathon:
         """_acquire() for async code: each attempt runs where Django allows database work."""
         plan = self._plan(wait)
         for pause in _pauses():
-            outcome = await _in_thread_uncancelled(self._try, plan, undo=functools.partial(self._release, None))
+            outcome = await _in_thread_uncancelled(
+                self._try, plan, undo=functools.partial(self._release, None)
+            )
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
                 return outcome
@@ -1408,19 +1558,35 @@ class Marathon:
         """What every attempt of one acquisition needs; raises on bad settings before any query."""
         hold = self._hold
         if hold is not None and hold.state == _HELD and hold.mine():
-            raise MarathonError("%r is already held by this Marathon object; use one per holder." % self)
+            raise MarathonError(
+                "%r is already held by this Marathon object; use one per holder." % self
+            )
         heartbeat, stale_after = self._timing(
-            _setting("MARATHON_HEARTBEAT") if self.heartbeat is None else self.heartbeat,
-            _setting("MARATHON_STALE_AFTER") if self.stale_after is None else self.stale_after,
+            _setting("MARATHON_HEARTBEAT")
+            if self.heartbeat is None
+            else self.heartbeat,
+            _setting("MARATHON_STALE_AFTER")
+            if self.stale_after is None
+            else self.stale_after,
         )
         alias = _alias(self.using)
         connection = connections[alias]
         if connection.vendor not in _NOW:
-            raise MarathonError("Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r." % connection.vendor)
+            raise MarathonError(
+                "Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r."
+                % connection.vendor
+            )
         _check_name_for(connection, self.name)
         deadline = time.monotonic() + (self.wait if wait is None else wait)
         return _Plan(
-            alias, connection.vendor, _owner(), secrets.token_hex(16), heartbeat, stale_after, self.min_interval, deadline
+            alias,
+            connection.vendor,
+            _owner(),
+            secrets.token_hex(16),
+            heartbeat,
+            stale_after,
+            self.min_interval,
+            deadline,
         )
 
     def _try(self, plan):
@@ -1428,7 +1594,13 @@ class Marathon:
         sent = _clock()
         try:
             outcome = _run(
-                plan.alias, _take, self.name, plan.owner, plan.token, plan.stale_after, plan.min_interval
+                plan.alias,
+                _take,
+                self.name,
+                plan.owner,
+                plan.token,
+                plan.stale_after,
+                plan.min_interval,
             )
         except OperationalError as exc:
             if plan.vendor != "sqlite" or "locked" not in str(exc):
@@ -1449,9 +1621,20 @@ class Marathon:
             self._hold = hold
             if beaten:
                 _registry_here().register(hold)
-            logger.info("Acquired the lock %r (fence %s, owner %s).", self.name, fence, plan.owner)
+            logger.info(
+                "Acquired the lock %r (fence %s, owner %s).",
+                self.name,
+                fence,
+                plan.owner,
+            )
             took_over = outcome.took_over is not None  # its previous run was abandoned
-            lock_acquired.send(Marathon, name=self.name, owner=plan.owner, fence=fence, took_over=took_over)
+            lock_acquired.send(
+                Marathon,
+                name=self.name,
+                owner=plan.owner,
+                fence=fence,
+                took_over=took_over,
+            )
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to see
                 if _registry_here().unregister(hold, _RELEASED):
@@ -1475,7 +1658,10 @@ class Marathon:
             return False  # never acquired, or acquired by the parent of this forked process
         transaction_ = _callers_transaction(hold.alias) if hold.beaten else None
         if transaction_ is not None:
-            hold.deferred = (transaction_, [functools.partial(self._release_logged, hold, outcome)])
+            hold.deferred = (
+                transaction_,
+                [functools.partial(self._release_logged, hold, outcome)],
+            )
             if not _registry_here().unregister(hold, _DEFERRED):
                 self._record_loss(hold)
                 return False
@@ -1499,7 +1685,9 @@ class Marathon:
         except OperationalError as exc:
             raise _explained(exc, self.name, connections[hold.alias]) from exc
         if not removed:
-            _registry_here().lost_at_release(hold, "its row was deleted or taken over before the release")
+            _registry_here().lost_at_release(
+                hold, "its row was deleted or taken over before the release"
+            )
             return False
         logger.info(
             "Released the lock %r (fence %s, owner %s) after %.3f s.",
@@ -1508,7 +1696,13 @@ class Marathon:
             hold.owner,
             _clock() - hold.acquired,
         )
-        send = functools.partial(lock_released.send, Marathon, name=self.name, owner=hold.owner, fence=hold.fence)
+        send = functools.partial(
+            lock_released.send,
+            Marathon,
+            name=self.name,
+            owner=hold.owner,
+            fence=hold.fence,
+        )
         if during_rollback:  # its receivers may query: not inside Django's rollback()
             _registry_here().report(send)
         else:
@@ -1528,9 +1722,14 @@ class Marathon:
     def _release_logged(self, hold, outcome, during_rollback=False):
         """A release deferred to the end of a transaction: there, an error can only be logged."""
         try:
-            self._release_now(hold, outcome, during_rollback)  # a loss it finds is reported as every loss is
+            self._release_now(
+                hold, outcome, during_rollback
+            )  # a loss it finds is reported as every loss is
         except Exception:
-            logger.exception("The release of the lock %r at the end of a transaction failed.", self.name)
+            logger.exception(
+                "The release of the lock %r at the end of a transaction failed.",
+                self.name,
+            )
 
     # -- context managers and decorator --
 
@@ -1544,8 +1743,14 @@ class Marathon:
         hold = self._hold
         if hold.state in (_RELEASED, _DEFERRED) and hold.mine():
             return  # released inside the block
-        if not self._release("ok" if exc_type is None else "error") and exc_type is None:
-            raise LockLost(self.name, hold.reason or "its row was deleted or taken over before the release")
+        if (
+            not self._release("ok" if exc_type is None else "error")
+            and exc_type is None
+        ):
+            raise LockLost(
+                self.name,
+                hold.reason or "its row was deleted or taken over before the release",
+            )
 
     async def __aenter__(self):
         outcome = await self._aacquire(None)
@@ -1557,12 +1762,21 @@ class Marathon:
         """The exception for an acquire that did not take the lock: AlreadyRunning or RanRecently."""
         last_run = outcome.last_run
         if last_run is not None:
-            finished = _aware(last_run.finished_at, connections[_alias(self.using)].vendor)
-            return RanRecently(self.name, last_run.owner, finished.astimezone(datetime.timezone.utc), self.min_interval)
+            finished = _aware(
+                last_run.finished_at, connections[_alias(self.using)].vendor
+            )
+            return RanRecently(
+                self.name,
+                last_run.owner,
+                finished.astimezone(datetime.timezone.utc),
+                self.min_interval,
+            )
         holder = outcome.holder
         if holder is None:
             return AlreadyRunning(self.name)
-        return AlreadyRunning(self.name, holder.owner, holder.locked_at, holder.heartbeat_at)
+        return AlreadyRunning(
+            self.name, holder.owner, holder.locked_at, holder.heartbeat_at
+        )
 
     async def __aexit__(self, exc_type, exc, traceback):
         await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
@@ -1599,8 +1813,12 @@ class Marathon:
                     async with lock:
                         return await func(*args, **kwargs)
                 outcome = await lock._aacquire(None)
-                if outcome.fence is None:  # _skipped and _Taken: in the section SingleRunnerCommand
-                    await sync_to_async(_skipped, thread_sensitive=True)(lock, outcome, Marathon)
+                if (
+                    outcome.fence is None
+                ):  # _skipped and _Taken: in the section SingleRunnerCommand
+                    await sync_to_async(_skipped, thread_sensitive=True)(
+                        lock, outcome, Marathon
+                    )
                     return None
                 async with _Taken(lock):
                     return await func(*args, **kwargs)
@@ -1624,7 +1842,11 @@ class Marathon:
 
 
 # One acquisition's facts, fixed before its first attempt.
-class _Plan(collections.namedtuple("_Plan", "alias vendor owner token heartbeat stale_after min_interval deadline")):
+class _Plan(
+    collections.namedtuple(
+        "_Plan", "alias vendor owner token heartbeat stale_after min_interval deadline"
+    )
+):
     def retry_in(self, outcome, pause, name):
         """Seconds to wait before the next attempt, or None: `outcome` is the answer.
 
@@ -1635,7 +1857,9 @@ class _Plan(collections.namedtuple("_Plan", "alias vendor owner token heartbeat 
         if remaining > 0:
             return min(pause, remaining)
         if outcome.busy is not None:
-            raise _explained(outcome.busy, name, connections[self.alias]) from outcome.busy
+            raise _explained(
+                outcome.busy, name, connections[self.alias]
+            ) from outcome.busy
         return None
 
 
@@ -1648,7 +1872,11 @@ async def _in_thread_uncancelled(function, *args, undo=None):
     """
     call = await _seen_through(sync_to_async(function, thread_sensitive=True)(*args))
     if call.cancelled_here:
-        if undo is not None and not call.exception() and getattr(call.result(), "fence", None) is not None:
+        if (
+            undo is not None
+            and not call.exception()
+            and getattr(call.result(), "fence", None) is not None
+        ):
             await _seen_through(sync_to_async(undo, thread_sensitive=True)())
         raise asyncio.CancelledError()
     return call.result()
@@ -1680,7 +1908,9 @@ def _name_template(name, func):
     if not roots:
         return lambda args, kwargs: name
     signature = inspect.signature(func)
-    _check_roots(name, roots, signature.parameters, "%s() has no parameter" % func.__qualname__)
+    _check_roots(
+        name, roots, signature.parameters, "%s() has no parameter" % func.__qualname__
+    )
 
     def filled(args, kwargs):
         bound = signature.bind(*args, **kwargs)
@@ -1693,9 +1923,15 @@ def _name_template(name, func):
 def _template_roots(name):
     """The names that a lock name's fields start with: `shop` of `{shop.pk}`; none for a plain name."""
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(name) if field is not None]
+        fields = [
+            field
+            for _, field, _, _ in string.Formatter().parse(name)
+            if field is not None
+        ]
     except ValueError as exc:
-        raise ValueError("Lock name %r is not a valid template: %s." % (name, exc))
+        raise ValueError(
+            "Lock name %r is not a valid template: %s." % (name, exc)
+        ) from None
     return [re.match(r"[^.\[]*", field).group() for field in fields]
 
 
@@ -1789,18 +2025,27 @@ def _refused(lock, outcome):
     last_run, holder = outcome.last_run, outcome.holder
     if last_run is not None:
         finished = _aware(last_run.finished_at, vendor)
-        return "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)." % (
-            lock.name,
-            last_run.owner or "an unknown holder",
-            _for_people(finished),
-            _for_people(finished + datetime.timedelta(seconds=lock.min_interval)),
-            lock.min_interval,
+        return (
+            "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)."
+            % (
+                lock.name,
+                last_run.owner or "an unknown holder",
+                _for_people(finished),
+                _for_people(finished + datetime.timedelta(seconds=lock.min_interval)),
+                lock.min_interval,
+            )
         )
     if holder is None:
-        return "%r is already running: the lock is held by an unknown holder." % (lock.name,)
-    by_hand = not holder.token  # no token: a row made by hand (on PostgreSQL, where no token is read, moot)
+        return "%r is already running: the lock is held by an unknown holder." % (
+            lock.name,
+        )
+    by_hand = (
+        not holder.token
+    )  # no token: a row made by hand (on PostgreSQL, where no token is read, moot)
     if holder.heartbeat_at:
-        beat = "last heartbeat %s" % _for_people(_aware(holder.heartbeat_at, vendor, by_hand))
+        beat = "last heartbeat %s" % _for_people(
+            _aware(holder.heartbeat_at, vendor, by_hand)
+        )
     else:
         beat = "no heartbeat: a lock made by hand, released only by deleting its row"
     return "%r is already running: the lock is held by %s since %s (%s)." % (
@@ -1826,7 +2071,9 @@ def _aware(value, vendor, by_hand=False):
     if value is None or timezone.is_aware(value):
         return value
     local = not settings.USE_TZ and (vendor == "postgresql" or by_hand)
-    return timezone.make_aware(value, timezone.get_default_timezone() if local else datetime.timezone.utc)
+    return timezone.make_aware(
+        value, timezone.get_default_timezone() if local else datetime.timezone.utc
+    )
 
 
 def _for_people(value):
@@ -1836,7 +2083,9 @@ def _for_people(value):
     if value is None:
         return "an unknown time"
     value = timezone.localtime(value)
-    return value.strftime("%Y-%m-%d %H:%M:%S ") + (value.tzname() or value.strftime("%z"))
+    return value.strftime("%Y-%m-%d %H:%M:%S ") + (
+        value.tzname() or value.strftime("%z")
+    )
 
 
 class SingleRunnerCommand:
@@ -1866,7 +2115,11 @@ class SingleRunnerCommand:
         return _filled(self.lock_name, options)
 
     def execute(self, *args, **options):
-        lock = Marathon(self.get_lock_name(*args, **options), wait=self.lock_wait, min_interval=self.lock_min_interval)
+        lock = Marathon(
+            self.get_lock_name(*args, **options),
+            wait=self.lock_wait,
+            min_interval=self.lock_min_interval,
+        )
         outcome = lock._acquire(None)
         if outcome.fence is None:
             message = "%s Skipped this run." % _skipped(lock, outcome, type(self))
@@ -1878,7 +2131,9 @@ class SingleRunnerCommand:
             return None
         self.lock = lock  # handle() may call self.lock.check() and use self.lock.fence
         with contextlib.ExitStack() as stack:
-            stack.push(lock)  # taken above; on the way out it releases, or raises LockLost
+            stack.push(
+                lock
+            )  # taken above; on the way out it releases, or raises LockLost
             stack.enter_context(_exit_on_signals())
             return super().execute(*args, **options)
 
@@ -1887,7 +2142,9 @@ class SingleRunnerCommand:
         return self.run_task(*args, **options)
 
     def run_task(self, *args, **options):
-        raise NotImplementedError("Define handle() (or run_task()) in %s." % type(self).__name__)
+        raise NotImplementedError(
+            "Define handle() (or run_task()) in %s." % type(self).__name__
+        )
 
 
 @contextlib.contextmanager
@@ -1900,7 +2157,10 @@ def _exit_on_signals():
     def exit(signum, frame):
         raise SystemExit(128 + signum)
 
-    previous = {signum: signal.signal(signum, exit) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        signum: signal.signal(signum, exit)
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         yield
     finally:
@@ -1954,24 +2214,40 @@ def _supervise(name, command, wait=None, heartbeat=None, stale_after=None, using
         on_lost=lambda marathon: lost.set(),
     )
     received = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in _FORWARDED}
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+        for signum in _FORWARDED
+    }
     try:
         logger.info("Waiting for the lock %r to run %s.", name, command)
-        print("marathon: waiting for the lock %r..." % name, file=sys.stderr, flush=True)
+        print(
+            "marathon: waiting for the lock %r..." % name, file=sys.stderr, flush=True
+        )
         outcome = _acquire_unless_signalled(lock, wait, received)
         if outcome is None:
             return 128 + received[0]
         if outcome.fence is None:
             print("marathon: %s" % lock._refusal(outcome), file=sys.stderr, flush=True)
             return _EXIT_HELD
-        print("marathon: got the lock %r (fence %s); starting %s" % (name, lock.fence, command), file=sys.stderr, flush=True)
+        print(
+            "marathon: got the lock %r (fence %s); starting %s"
+            % (name, lock.fence, command),
+            file=sys.stderr,
+            flush=True,
+        )
         stopped = [False]
         try:
             status = _run_child(lock, command, lost, received, stopped)
         finally:
-            if stopped[0] or not lock.release():  # lost, by the heartbeat, its deadline or the release
+            if (
+                stopped[0] or not lock.release()
+            ):  # lost, by the heartbeat, its deadline or the release
                 reason = lock._hold.reason or "it was not confirmed in time"
-                print("marathon: lost the lock %r: %s; the child was stopped." % (name, reason), file=sys.stderr)
+                print(
+                    "marathon: lost the lock %r: %s; the child was stopped."
+                    % (name, reason),
+                    file=sys.stderr,
+                )
                 status = _EXIT_LOST
             else:
                 logger.info("Released the lock %r after its child exited.", name)
@@ -2004,12 +2280,20 @@ def _run_child(lock, command, lost, received, stopped):
     True). Its exit status."""
     hold = lock._hold
     child = subprocess.Popen(_child_command(command))
-    logger.info("Started %s as pid %d under the lock %r (fence %s).", command, child.pid, lock.name, lock.fence)
+    logger.info(
+        "Started %s as pid %d under the lock %r (fence %s).",
+        command,
+        child.pid,
+        lock.name,
+        lock.fence,
+    )
     grace, killed_at = hold.interval / 4, None
     while child.poll() is None:
         while received:
             child.send_signal(received.pop(0))
-        if (lost.is_set() or not lock.held) and killed_at is None:  # held: its own deadline too
+        if (
+            lost.is_set() or not lock.held
+        ) and killed_at is None:  # held: its own deadline too
             child.terminate()
             stopped[0], killed_at = True, time.monotonic() + grace
         if killed_at is not None and time.monotonic() >= killed_at:
@@ -2066,7 +2350,9 @@ def _with_state(queryset, vendor):
 
 def _with_run_age(queryset, vendor):
     """Annotate each last run with the seconds since it finished, by the database's clock."""
-    return queryset.annotate(finished_age=RawSQL(_AGE[vendor].format(column="finished_at"), []))
+    return queryset.annotate(
+        finished_age=RawSQL(_AGE[vendor].format(column="finished_at"), [])
+    )
 
 
 def _state(lock, stale_after):
@@ -2078,7 +2364,9 @@ def _state(lock, stale_after):
 
 
 # A lock annotated by _with_state, as text for people.
-_Shown = collections.namedtuple("_Shown", "name state owner held_for last_heartbeat stale_after fence")
+_Shown = collections.namedtuple(
+    "_Shown", "name state owner held_for last_heartbeat stale_after fence"
+)
 
 
 def _shown(lock, stale_after):
@@ -2087,21 +2375,38 @@ def _shown(lock, stale_after):
         state=_state(lock, stale_after),
         owner=lock.owner or "-",
         held_for=_duration(lock.held_for),
-        last_heartbeat="never" if lock.heartbeat_age is None else _duration(lock.heartbeat_age) + " ago",
-        stale_after=("%g s (setting)" % stale_after if lock.stale_after is None else "%g s" % lock.stale_after),
+        last_heartbeat="never"
+        if lock.heartbeat_age is None
+        else _duration(lock.heartbeat_age) + " ago",
+        stale_after=(
+            "%g s (setting)" % stale_after
+            if lock.stale_after is None
+            else "%g s" % lock.stale_after
+        ),
         fence=str(lock.pk),
     )
 
 
 def _duration(seconds):
     """Seconds for people: '2.1 s', '4 min 05 s', '3 h 02 min', '2 d 05 h'."""
-    seconds = max(seconds, 0.0)  # SQLite's clock is each process's: a fresh beat can look a hair in the future
+    seconds = max(
+        seconds, 0.0
+    )  # SQLite's clock is each process's: a fresh beat can look a hair in the future
     if seconds < 60:
         return "%.1f s" % seconds
     seconds = int(seconds)
-    for size, unit, part, part_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s")):
+    for size, unit, part, part_unit in (
+        (86400, "d", 3600, "h"),
+        (3600, "h", 60, "min"),
+        (60, "min", 1, "s"),
+    ):
         if seconds >= size:
-            return "%d %s %02d %s" % (seconds // size, unit, seconds % size // part, part_unit)
+            return "%d %s %02d %s" % (
+                seconds // size,
+                unit,
+                seconds % size // part,
+                part_unit,
+            )
 
 
 def _described(lock, stale_after):
@@ -2122,7 +2427,9 @@ def _release_shown(queryset, locks):
 def _release_stale(cursor, locks, stale_after):
     """Delete each of `locks` only if it is still stale. Returns those deleted."""
     sql = _DELETE_STALE[cursor.db.vendor]
-    return [lock for lock in locks if _rowcount(cursor, sql, [lock.pk, stale_after]) == 1]
+    return [
+        lock for lock in locks if _rowcount(cursor, sql, [lock.pk, stale_after]) == 1
+    ]
 
 
 def _log_release(who, how, locks, stale_after):
@@ -2185,10 +2492,16 @@ def _register_admin(site):
         parameter_name = "state"
 
         def lookups(self, request, model_admin):
-            return [("running", "running"), ("stale", "stale"), ("manual", "manual (no heartbeat)")]
+            return [
+                ("running", "running"),
+                ("stale", "stale"),
+                ("manual", "manual (no heartbeat)"),
+            ]
 
         def queryset(self, request, queryset):
-            limit = Coalesce("stale_after", Value(float(_setting("MARATHON_STALE_AFTER"))))
+            limit = Coalesce(
+                "stale_after", Value(float(_setting("MARATHON_STALE_AFTER")))
+            )
             return {
                 "running": lambda: queryset.filter(heartbeat_age__lte=limit),
                 "stale": lambda: queryset.filter(heartbeat_age__gt=limit),
@@ -2223,7 +2536,15 @@ def _register_admin(site):
     class LockAdmin(ReadOnly, admin.ModelAdmin):
         """Read-only: a lock's row belongs to its holder. Releasing is the one action, confirmed and logged."""
 
-        list_display = ("name", "state", "holder", "held_for", "last_heartbeat", "holder_stale_after", "fence")
+        list_display = (
+            "name",
+            "state",
+            "holder",
+            "held_for",
+            "last_heartbeat",
+            "holder_stale_after",
+            "fence",
+        )
         list_filter = (StateFilter,)
         search_fields = ("name", "owner")
         ordering = ("name",)
@@ -2252,7 +2573,11 @@ def _register_admin(site):
             return _shown(lock, _setting("MARATHON_STALE_AFTER"))
 
         def _time(self, lock, value):
-            return _for_people(_aware(value, connections[lock._state.db].vendor, by_hand=not lock.token))
+            return _for_people(
+                _aware(
+                    value, connections[lock._state.db].vendor, by_hand=not lock.token
+                )
+            )
 
         @column("state")
         def state(self, lock):
@@ -2273,7 +2598,9 @@ def _register_admin(site):
         @column("held for", "held_for")
         def held_for(self, lock):
             return format_html(
-                '<span title="since {}">{}</span>', self._time(lock, lock.locked_at), self._shown(lock).held_for
+                '<span title="since {}">{}</span>',
+                self._time(lock, lock.locked_at),
+                self._shown(lock).held_for,
             )
 
         @column("last heartbeat", "heartbeat_age")
@@ -2281,7 +2608,9 @@ def _register_admin(site):
             if lock.heartbeat_at is None:
                 return "never"
             return format_html(
-                '<span title="at {}">{}</span>', self._time(lock, lock.heartbeat_at), self._shown(lock).last_heartbeat
+                '<span title="at {}">{}</span>',
+                self._time(lock, lock.heartbeat_at),
+                self._shown(lock).last_heartbeat,
             )
 
         @column("stale after", "stale_after")
@@ -2294,18 +2623,25 @@ def _register_admin(site):
             stale_after = _setting("MARATHON_STALE_AFTER")
             locks = list(queryset.order_by("name"))
             if request.POST.get("post") != "yes":
-                return self._confirm_release(request, [_shown(lock, stale_after) for lock in locks])
+                return self._confirm_release(
+                    request, [_shown(lock, stale_after) for lock in locks]
+                )
             released = _release_shown(_model().objects.all(), locks)
             if released:
-                _log_release(request.user.get_username(), "in the admin", released, stale_after)
+                _log_release(
+                    request.user.get_username(), "in the admin", released, stale_after
+                )
             gone = len(request.POST.getlist(ACTION_CHECKBOX_NAME)) - len(released)
             self.message_user(
                 request,
                 "Released %d lock(s)%s%s"
                 % (
                     len(released),
-                    ": %s." % ", ".join(lock.name for lock in released) if released else ".",
-                    " %d selected lock(s) were gone already: released, or taken over by a holder that keeps it." % gone
+                    ": %s." % ", ".join(lock.name for lock in released)
+                    if released
+                    else ".",
+                    " %d selected lock(s) were gone already: released, or taken over by a holder that keeps it."
+                    % gone
                     if gone
                     else "",
                 ),
@@ -2316,7 +2652,8 @@ def _register_admin(site):
 
         def _confirm_release(self, request, locks):
             changelist = reverse(
-                "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name), current_app=self.admin_site.name
+                "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name),
+                current_app=self.admin_site.name,
             )
             context = dict(
                 self.admin_site.each_context(request),
@@ -2327,10 +2664,16 @@ def _register_admin(site):
                 checkbox_name=ACTION_CHECKBOX_NAME,
                 changelist_url=changelist,
                 index_url=reverse("admin:index", current_app=self.admin_site.name),
-                app_url=reverse("admin:app_list", args=(self.opts.app_label,), current_app=self.admin_site.name),
+                app_url=reverse(
+                    "admin:app_list",
+                    args=(self.opts.app_label,),
+                    current_app=self.admin_site.name,
+                ),
             )
             # From a string, with the engine that renders the admin: this module has no template folder.
-            template = get_template("admin/base_site.html").backend.from_string(_CONFIRM_RELEASE)
+            template = get_template("admin/base_site.html").backend.from_string(
+                _CONFIRM_RELEASE
+            )
             return TemplateResponse(request, template, context)
 
     class LastRunAdmin(ReadOnly, admin.ModelAdmin):
@@ -2340,7 +2683,15 @@ def _register_admin(site):
         list_filter = ("outcome",)
         search_fields = ("name", "owner")
         ordering = ("name",)
-        fields = readonly_fields = ("name", "outcome", "started", "finished", "took", "owner", "fence")
+        fields = readonly_fields = (
+            "name",
+            "outcome",
+            "started",
+            "finished",
+            "took",
+            "owner",
+            "fence",
+        )
 
         def get_queryset(self, request):
             queryset = super().get_queryset(request)
@@ -2351,12 +2702,16 @@ def _register_admin(site):
 
         @column("started", "started_at")
         def started(self, run):
-            return "unknown" if run.started_at is None else self._time(run, run.started_at)
+            return (
+                "unknown" if run.started_at is None else self._time(run, run.started_at)
+            )
 
         @column("finished", "finished_age")
         def finished(self, run):
             return format_html(
-                '<span title="at {}">{} ago</span>', self._time(run, run.finished_at), _duration(run.finished_age)
+                '<span title="at {}">{} ago</span>',
+                self._time(run, run.finished_at),
+                _duration(run.finished_age),
             )
 
         @column("duration", "duration")
@@ -2380,7 +2735,9 @@ def _parser():
     """The parser of `python -m marathon`, and those of its commands release and run."""
     import argparse
 
-    database = argparse.ArgumentParser(add_help=False)  # accepted before and after the command
+    database = argparse.ArgumentParser(
+        add_help=False
+    )  # accepted before and after the command
     database.add_argument(
         "--database",
         metavar="ALIAS",
@@ -2412,8 +2769,15 @@ def _parser():
         parents=[database],
         allow_abbrev=False,
     )
-    release.add_argument("names", nargs="*", metavar="NAME", help="a lock's name (after -- if it starts with -)")
-    release.add_argument("--stale", action="store_true", help="release every stale lock instead")
+    release.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="a lock's name (after -- if it starts with -)",
+    )
+    release.add_argument(
+        "--stale", action="store_true", help="release every stale lock instead"
+    )
     run = commands.add_parser(
         "run",
         help="run a command while holding a lock: one copy of it across hosts",
@@ -2425,7 +2789,12 @@ def _parser():
         allow_abbrev=False,
     )
     run.add_argument("name", metavar="NAME")
-    run.add_argument("--wait", type=float, default=None, help="seconds to wait for the lock (default: for ever)")
+    run.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        help="seconds to wait for the lock (default: for ever)",
+    )
     run.add_argument("--heartbeat", type=float, default=None)
     run.add_argument("--stale-after", type=float, default=None)
     return parser, release, run
@@ -2436,7 +2805,9 @@ def _main(argv):
     parser, release, run = _parser()
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    command = argv[split + 1 :]  # run's CMD; elsewhere `--` only ends the options (release -- -name)
+    command = argv[
+        split + 1 :
+    ]  # run's CMD; elsewhere `--` only ends the options (release -- -name)
     try:
         args = parser.parse_args(argv[:split])
         if args.command != "run":
@@ -2444,7 +2815,10 @@ def _main(argv):
         elif not command:
             run.error("the command to run comes after --")
         if args.command == "release" and args.stale and args.names:
-            release.error("--stale releases every stale lock and takes no names; got %s" % " ".join(args.names))
+            release.error(
+                "--stale releases every stale lock and takes no names; got %s"
+                % " ".join(args.names)
+            )
         if args.command == "release" and not args.stale and not args.names:
             release.error("name the locks to release, or give --stale")
     except SystemExit as exit:  # argparse printed the help (0) or a usage error (2)
@@ -2454,10 +2828,16 @@ def _main(argv):
         alias = _alias(getattr(args, "database", None))
         if alias not in settings.DATABASES:
             raise CommandError(
-                "no database %r in DATABASES (%s)." % (alias, ", ".join(sorted(settings.DATABASES))), returncode=2
+                "no database %r in DATABASES (%s)."
+                % (alias, ", ".join(sorted(settings.DATABASES))),
+                returncode=2,
             )
-        if args.command == "run":  # its exit status is the child's: see the section on the supervisor
-            return _supervise(args.name, command, args.wait, args.heartbeat, args.stale_after, alias)
+        if (
+            args.command == "run"
+        ):  # its exit status is the child's: see the section on the supervisor
+            return _supervise(
+                args.name, command, args.wait, args.heartbeat, args.stale_after, alias
+            )
         try:
             if args.command == "list":
                 return _list(alias)
@@ -2489,11 +2869,18 @@ def _setup():
         hint = ""
         if missing and (module + ".").startswith(missing + "."):
             hint = " Is the directory that holds it on PYTHONPATH (or the current directory)?"
-        raise CommandError("cannot import the settings %r: %s.%s" % (module, exc, hint), returncode=2) from exc
+        raise CommandError(
+            "cannot import the settings %r: %s.%s" % (module, exc, hint), returncode=2
+        ) from exc
     except ImproperlyConfigured as exc:
-        raise CommandError("the settings %r are not usable: %s" % (module, exc), returncode=2) from exc
+        raise CommandError(
+            "the settings %r are not usable: %s" % (module, exc), returncode=2
+        ) from exc
     if not _apps.is_installed("marathon"):
-        raise CommandError("'marathon' is not in INSTALLED_APPS of the settings %r." % module, returncode=2)
+        raise CommandError(
+            "'marathon' is not in INSTALLED_APPS of the settings %r." % module,
+            returncode=2,
+        )
 
 
 def _database_failed(alias, exc):
@@ -2501,25 +2888,59 @@ def _database_failed(alias, exc):
     connection = connections[alias]
     where = connection.settings_dict.get("NAME") or ""
     if connection.settings_dict.get("HOST"):
-        where = "%s at %s:%s" % (where, connection.settings_dict["HOST"], connection.settings_dict.get("PORT") or "")
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    hint = " (has `manage.py migrate` created the table marathon_lock?)" if "marathon_lock" in text else ""
-    return "database %r (%s %s) failed: %s%s" % (alias, connection.vendor, where, text, hint)
+        where = "%s at %s:%s" % (
+            where,
+            connection.settings_dict["HOST"],
+            connection.settings_dict.get("PORT") or "",
+        )
+    text = next(
+        (line.strip() for line in str(exc).splitlines() if line.strip()),
+        type(exc).__name__,
+    )
+    hint = (
+        " (has `manage.py migrate` created the table marathon_lock?)"
+        if "marathon_lock" in text
+        else ""
+    )
+    return "database %r (%s %s) failed: %s%s" % (
+        alias,
+        connection.vendor,
+        where,
+        text,
+        hint,
+    )
 
 
 def _locks(alias):
-    return list(_with_state(_model().objects.using(alias).order_by("name"), connections[alias].vendor))
+    return list(
+        _with_state(
+            _model().objects.using(alias).order_by("name"), connections[alias].vendor
+        )
+    )
 
 
 def _list(alias):
     stale_after = _setting("MARATHON_STALE_AFTER")
     locks = _locks(alias)
     _print_table(
-        [("NAME", "STATE", "OWNER", "HELD FOR", "LAST HEARTBEAT", "STALE AFTER", "FENCE")]
+        [
+            (
+                "NAME",
+                "STATE",
+                "OWNER",
+                "HELD FOR",
+                "LAST HEARTBEAT",
+                "STALE AFTER",
+                "FENCE",
+            )
+        ]
         + [_shown(lock, stale_after) for lock in locks]
     )
     _model()
-    runs = _with_run_age(globals()["LastRun"].objects.using(alias).order_by("name"), connections[alias].vendor)
+    runs = _with_run_age(
+        globals()["LastRun"].objects.using(alias).order_by("name"),
+        connections[alias].vendor,
+    )
     rows = [
         (
             run.name,
@@ -2533,7 +2954,9 @@ def _list(alias):
     ]
     if rows:  # the last runs of the locks with a min_interval
         print()
-        _print_table([("LAST RUN OF", "OUTCOME", "FINISHED", "DURATION", "BY", "FENCE")] + rows)
+        _print_table(
+            [("LAST RUN OF", "OUTCOME", "FINISHED", "DURATION", "BY", "FENCE")] + rows
+        )
     return 0 if locks else 1
 
 
@@ -2546,12 +2969,17 @@ def _print_table(rows):
 def _release(alias, names, stale):
     stale_after = _setting("MARATHON_STALE_AFTER")
     if stale:
-        candidates = [lock for lock in _locks(alias) if _state(lock, stale_after) == "stale"]
+        candidates = [
+            lock for lock in _locks(alias) if _state(lock, stale_after) == "stale"
+        ]
         released = _run(alias, _release_stale, candidates, stale_after)
     else:
         found = {
             lock.name: lock
-            for lock in _with_state(_model().objects.using(alias).filter(name__in=names), connections[alias].vendor)
+            for lock in _with_state(
+                _model().objects.using(alias).filter(name__in=names),
+                connections[alias].vendor,
+            )
         }
         for name in names:
             if name not in found:
@@ -2561,7 +2989,11 @@ def _release(alias, names, stale):
     if released:
         _log_release(_operator(), "with python -m marathon", released, stale_after)
     print(
-        "Released %d lock(s)%s" % (len(released), ": " + ", ".join(lock.name for lock in released) if released else ".")
+        "Released %d lock(s)%s"
+        % (
+            len(released),
+            ": " + ", ".join(lock.name for lock in released) if released else ".",
+        )
     )
     for lock in released:
         if _state(lock, stale_after) == "running":
@@ -2578,10 +3010,16 @@ def _operator():
 
     try:
         user = getpass.getuser()
-    except Exception:  # no name for this uid (a container); Python 3.13 raises OSError, older KeyError
+    except (
+        Exception
+    ):  # no name for this uid (a container); Python 3.13 raises OSError, older KeyError
         user = "uid %s" % (os.getuid() if hasattr(os, "getuid") else "?")
     sudo = os.environ.get("SUDO_USER")
-    return "%s@%s%s" % (user, socket.gethostname(), " (sudo from %s)" % sudo if sudo and sudo != user else "")
+    return "%s@%s%s" % (
+        user,
+        socket.gethostname(),
+        " (sudo from %s)" % sudo if sudo and sudo != user else "",
+    )
 
 
 # ---- The app config ----
@@ -2631,14 +3069,22 @@ class _Module(types.ModuleType):
         raise AttributeError("module %r has no attribute %r" % (self.__name__, name))
 
 
-sys.modules[__name__].__class__ = _Module  # one mechanism on every Python (PEP 562 needs 3.7)
+sys.modules[
+    __name__
+].__class__ = _Module  # one mechanism on every Python (PEP 562 needs 3.7)
 __path__ = []  # without it Django ignores MarathonConfig: it only looks for apps in packages
 for _submodule in _SUBMODULES:
     sys.modules["%s.%s" % (__name__, _submodule)] = sys.modules[__name__]
-sys.modules[__name__ + ".migrations"] = marathon_migrations  # where Django looks for migrations
+sys.modules[__name__ + ".migrations"] = (
+    marathon_migrations  # where Django looks for migrations
+)
 if django.VERSION < (3, 2):
-    default_app_config = "marathon.MarathonConfig"  # 3.2+ finds it in marathon.apps, and warns
-if __name__ == "__main__":  # python -m marathon: run the shell tool in the real module, not in __main__
+    default_app_config = (
+        "marathon.MarathonConfig"  # 3.2+ finds it in marathon.apps, and warns
+    )
+if (
+    __name__ == "__main__"
+):  # python -m marathon: run the shell tool in the real module, not in __main__
     import marathon
 
     sys.exit(marathon._main(sys.argv[1:]))

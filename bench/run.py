@@ -9,6 +9,7 @@ database runs in a child process that creates its own database
 measures and drops it. Subjects are interleaved in rounds so that drift
 cancels; each figure is the median of the rounds.
 """
+
 import contextlib
 import json
 import os
@@ -24,7 +25,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ROUNDS = 7
-SLOT = float(os.environ.get("MARATHON_BENCH_SLOT", "0.5"))  # seconds per subject per round
+SLOT = float(
+    os.environ.get("MARATHON_BENCH_SLOT", "0.5")
+)  # seconds per subject per round
 COUNT_OPS = 20  # operations per statement count
 HOLD = 3.0  # seconds the heartbeat is watched
 TRIALS = 3  # SIGKILL takeovers
@@ -39,11 +42,21 @@ NOW = {
 
 
 def main():
-    dbs = [db.strip() for db in os.environ.get("MARATHON_BENCH_DBS", "sqlite,postgres,mysql").split(",") if db.strip()]
+    dbs = [
+        db.strip()
+        for db in os.environ.get("MARATHON_BENCH_DBS", "sqlite,postgres,mysql").split(
+            ","
+        )
+        if db.strip()
+    ]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for db in dbs:
-            name = os.path.join(tmp, "bench.sqlite3") if db == "sqlite" else "marathon_bench_%d" % os.getpid()
+            name = (
+                os.path.join(tmp, "bench.sqlite3")
+                if db == "sqlite"
+                else "marathon_bench_%d" % os.getpid()
+            )
             print("Measuring %s ..." % db, file=sys.stderr, flush=True)
             output = subprocess.check_output(
                 [sys.executable, os.path.abspath(__file__), "--child"],
@@ -57,7 +70,9 @@ def main():
 def _env(db, name):
     env = dict(os.environ, MARATHON_BENCH_DB=db, MARATHON_BENCH_NAME=name)
     env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
     return env
 
 
@@ -81,7 +96,10 @@ def _table(results):
     def add(title, values):
         rows.append((title, values))
 
-    for cycles, regime in (("cycles", "durable commits"), ("cycles_unflushed", "commits not flushed")):
+    for cycles, regime in (
+        ("cycles", "durable commits"),
+        ("cycles_unflushed", "commits not flushed"),
+    ):
         add("Cycles/s, %s:" % regime, ["" for r in results])
         for key, title in (
             ("raw", "  raw driver: INSERT + DELETE"),
@@ -91,18 +109,27 @@ def _table(results):
         ):
             add(
                 title,
-                ["%.0f (%.0f%%)" % (r[cycles][key], 100.0 * r[cycles][key] / r[cycles]["raw"]) for r in results],
+                [
+                    "%.0f (%.0f%%)"
+                    % (r[cycles][key], 100.0 * r[cycles][key] / r[cycles]["raw"])
+                    for r in results
+                ],
             )
-    add("Statements (server) per acquire", [_num(r["statements"]["acquire"]) for r in results])
+    add(
+        "Statements (server) per acquire",
+        [_num(r["statements"]["acquire"]) for r in results],
+    )
     add("... per failed attempt", [_num(r["statements"]["failed"]) for r in results])
     add("... per release", [_num(r["statements"]["release"]) for r in results])
     add("... per 0.1-pattern cycle", [_num(r["statements"]["seed"]) for r in results])
     add("... counted by", [r["counted_by"] for r in results])
     for count in ("1", "10", "100"):
         add(
-            "Heartbeat, %s lock(s): statements/s, threads (heartbeat + session)" % count,
+            "Heartbeat, %s lock(s): statements/s, threads (heartbeat + session)"
+            % count,
             [
-                "%.1f/s (Django saw %.1f/s), %d" % (h["per_second"], h["wire_per_second"], h["threads"])
+                "%.1f/s (Django saw %.1f/s), %d"
+                % (h["per_second"], h["wire_per_second"], h["threads"])
                 for h in (r["heartbeat"][count] for r in results)
             ],
         )
@@ -117,7 +144,9 @@ def _table(results):
         platform.python_version(),
         django.get_version(),
     )
-    return head + "\n\n" + _grid(rows) + "\nRatios are to the raw driver; heartbeat=0.5 s."
+    return (
+        head + "\n\n" + _grid(rows) + "\nRatios are to the raw driver; heartbeat=0.5 s."
+    )
 
 
 def _num(value):
@@ -131,7 +160,9 @@ def _grid(rows):
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     out = [rule]
     for n, line in enumerate(lines):
-        out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+        out.append(
+            "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+        )
         out.append(rule.replace("-", "=") if n == 0 else rule)
     return "\n".join(out) + "\n"
 
@@ -194,7 +225,10 @@ def _create(db, name):
     connection = _server_connection(db)
     with connection.cursor() as cursor:
         cursor.execute("DROP DATABASE IF EXISTS %s" % name)
-        cursor.execute("CREATE DATABASE %s" % name + (" CHARACTER SET utf8mb4" if db == "mysql" else ""))
+        cursor.execute(
+            "CREATE DATABASE %s" % name
+            + (" CHARACTER SET utf8mb4" if db == "mysql" else "")
+        )
     connection.close()
 
 
@@ -212,26 +246,34 @@ def _measure_all(db):
 
     from marathon import Marathon
 
-    result = {"label": {"sqlite": "SQLite (file)", "postgres": "PostgreSQL", "mysql": "MariaDB"}[db]}
+    result = {
+        "label": {
+            "sqlite": "SQLite (file)",
+            "postgres": "PostgreSQL",
+            "mysql": "MariaDB",
+        }[db]
+    }
     result["server"] = _server_version(db)
     result["cycles"] = _cycles(db)
     with _unflushed_commits(db):
         result["cycles_unflushed"] = _cycles(db)
     counter = _Counter(db)
     result["counted_by"] = counter.method
-    slow = dict(heartbeat=30, stale_after=60)
+    slow = {"heartbeat": 30, "stale_after": 60}
 
     locks = [Marathon("count-%d" % i, **slow) for i in range(COUNT_OPS)]
     acquire = counter.count(lambda: [lock.acquire() for lock in locks])
     release = counter.count(lambda: [lock.release() for lock in locks])
     holder = Marathon("count-held", **slow)
     holder.acquire()
-    failed = counter.count(lambda: [Marathon("count-held", **slow).acquire() for _ in range(COUNT_OPS)])
+    failed = counter.count(
+        lambda: [Marathon("count-held", **slow).acquire() for _ in range(COUNT_OPS)]
+    )
     holder.release()
     from marathon import Lock
 
     def seed():
-        for i in range(COUNT_OPS):
+        for _ in range(COUNT_OPS):
             Lock.objects.get_or_create(name="seed-count")
             Lock.objects.filter(name="seed-count").delete()
 
@@ -242,7 +284,9 @@ def _measure_all(db):
         "failed": failed / COUNT_OPS,
         "seed": seed_count / COUNT_OPS,
     }
-    result["heartbeat"] = {str(n): _heartbeat(counter, n, result["statements"]) for n in (1, 10, 100)}
+    result["heartbeat"] = {
+        str(n): _heartbeat(counter, n, result["statements"]) for n in (1, 10, 100)
+    }
     connection.close()
     result["takeover"] = [_takeover() for _ in range(TRIALS)]
     counter.close()
@@ -280,7 +324,9 @@ def _unflushed_commits(db):
             elif db == "sqlite":
                 cursor.execute("PRAGMA synchronous = FULL")
             else:
-                cursor.execute("SET GLOBAL innodb_flush_log_at_trx_commit = %s", [previous])
+                cursor.execute(
+                    "SET GLOBAL innodb_flush_log_at_trx_commit = %s", [previous]
+                )
 
 
 _SESSION_SETUP = []  # statements for the raw connection of the current measurement
@@ -294,9 +340,13 @@ def _server_version(db):
 
         return "SQLite %s" % sqlite3.sqlite_version
     with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version" if db == "postgres" else "SELECT VERSION()")
+        cursor.execute(
+            "SHOW server_version" if db == "postgres" else "SELECT VERSION()"
+        )
         version = cursor.fetchone()[0]
-    return ("PostgreSQL %s" if db == "postgres" else "MariaDB %s") % version.split()[0].split("-MariaDB")[0]
+    return ("PostgreSQL %s" if db == "postgres" else "MariaDB %s") % version.split()[
+        0
+    ].split("-MariaDB")[0]
 
 
 # ---- Cycles per second ----
@@ -313,7 +363,10 @@ def _cycles(db):
     delete = "DELETE FROM marathon_lock WHERE name = %s AND token = %s"
     now = NOW[connection.vendor]
     if db == "sqlite":  # sqlite3 takes ?, Django takes %s and %% for %
-        raw_insert, raw_delete = insert.replace("%s", "?").format(now), delete.replace("%s", "?")
+        raw_insert, raw_delete = (
+            insert.replace("%s", "?").format(now),
+            delete.replace("%s", "?"),
+        )
         django_insert = insert.format(now.replace("%", "%%"))
     else:
         raw_insert = django_insert = insert.format(now)
@@ -340,14 +393,21 @@ def _cycles(db):
         Lock.objects.get_or_create(name="seed")
         Lock.objects.filter(name="seed").delete()
 
-    subjects = {"raw": raw_cycle, "django": django_cycle, "marathon": marathon_cycle, "seed": seed_cycle}
+    subjects = {
+        "raw": raw_cycle,
+        "django": django_cycle,
+        "marathon": marathon_cycle,
+        "seed": seed_cycle,
+    }
     for cycle in subjects.values():  # warm up, and prove each works
         for _ in range(20):
             cycle()
     rates = {key: [] for key in subjects}
     keys = list(subjects)
     for round_ in range(ROUNDS):
-        for key in keys[round_ % len(keys):] + keys[: round_ % len(keys)]:  # rotate the order
+        for key in (
+            keys[round_ % len(keys) :] + keys[: round_ % len(keys)]
+        ):  # rotate the order
             cycle, n = subjects[key], 0
             started = time.perf_counter()
             deadline = started + SLOT
@@ -386,7 +446,9 @@ class _Counter:
         connection.ensure_connection()
         if db == "sqlite":
             self.method = "trace callback"
-            connection.connection.set_trace_callback(lambda sql: self.traced.append(sql))  # Python 3.6 needs a hashable callback
+            connection.connection.set_trace_callback(
+                lambda sql: self.traced.append(sql)
+            )  # Python 3.6 needs a hashable callback
         elif db == "postgres":
             self.method = "xact_commit"
             self.stats = _server_connection(db)
@@ -419,7 +481,8 @@ class _Counter:
                 cursor.execute("SELECT pg_stat_force_next_flush()")
         with self.stats.cursor() as cursor:
             cursor.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", [connection.settings_dict["NAME"]]
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                [connection.settings_dict["NAME"]],
             )
             return cursor.fetchone()[0]
 
@@ -427,7 +490,10 @@ class _Counter:
         deadline = time.monotonic() + 10
         with self.stats.cursor() as cursor:
             while time.monotonic() < deadline:
-                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [self.heartbeat_ids])
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                    [self.heartbeat_ids],
+                )
                 if not cursor.fetchone()[0]:
                     break
                 time.sleep(0.05)
@@ -482,7 +548,11 @@ class _Counter:
             return len([1 for thread_id, sql in logged if thread_id == main_id])
         # The heartbeat connection's set-up (SET NAMES ...) is not the heartbeat.
         return len(
-            [1 for thread_id, sql in logged if thread_id in self.heartbeat_ids and b"marathon_lock" in _bytes(sql)]
+            [
+                1
+                for thread_id, sql in logged
+                if thread_id in self.heartbeat_ids and b"marathon_lock" in _bytes(sql)
+            ]
         )
 
     def close(self):
@@ -515,7 +585,9 @@ def _heartbeat(counter, count, statements):
 
     _wait_heartbeat_threads_gone()
     del counter.heartbeat_ids[:]
-    locks = [Marathon("beat-%d" % i, heartbeat=0.5, stale_after=5) for i in range(count)]
+    locks = [
+        Marathon("beat-%d" % i, heartbeat=0.5, stale_after=5) for i in range(count)
+    ]
     threads = []
 
     span = []
@@ -561,7 +633,9 @@ def _takeover():
     from marathon import Marathon
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, env=_env(os.environ["MARATHON_BENCH_DB"], os.environ["MARATHON_BENCH_NAME"]),
+        [sys.executable, "-c", _HOLDER],
+        stdout=subprocess.PIPE,
+        env=_env(os.environ["MARATHON_BENCH_DB"], os.environ["MARATHON_BENCH_NAME"]),
         universal_newlines=True,
     )
     try:

@@ -3,6 +3,7 @@
 MARATHON_BENCH_DB is sqlite, postgres or mysql; MARATHON_BENCH_NAME is the
 database that run.py creates and drops (a file path for SQLite).
 """
+
 import os
 
 DB = os.environ["MARATHON_BENCH_DB"]

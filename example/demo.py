@@ -13,6 +13,7 @@ a virtualenv in example/.venv/pyX.Y, installs this checkout into it with pip
 
 Each run uses a fresh SQLite file in the temporary directory.
 """
+
 import os
 import queue
 import shutil
@@ -52,17 +53,31 @@ def _has_django():
 def _run_in_virtualenv():
     """Install this checkout (and so Django) into example/.venv/pyX.Y and run the demo there."""
     if os.environ.get("MARATHON_DEMO_REEXEC"):
-        sys.exit("demo.py: Django is still not importable after installing it; giving up.")
+        sys.exit(
+            "demo.py: Django is still not importable after installing it; giving up."
+        )
     venv = os.path.join(HERE, ".venv", "py%d.%d" % sys.version_info[:2])
     bindir = os.path.join(venv, "Scripts" if os.name == "nt" else "bin")
     python = os.path.join(bindir, "python.exe" if os.name == "nt" else "python")
     env = dict(os.environ, MARATHON_DEMO_REEXEC="1")
     check = [python, "-c", "import django, sys; sys.exit(django.VERSION < (3, 1))"]
-    if not (os.path.exists(python) and subprocess.call(check, stderr=subprocess.DEVNULL) == 0):
+    if not (
+        os.path.exists(python)
+        and subprocess.call(check, stderr=subprocess.DEVNULL) == 0
+    ):
         out("Django is not installed here: installing this checkout and Django into")
-        out("%s (first run only; needs network access to PyPI)." % os.path.relpath(venv))
+        out(
+            "%s (first run only; needs network access to PyPI)." % os.path.relpath(venv)
+        )
         if subprocess.call([sys.executable, "-m", "venv", venv]) == 0:
-            pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            pip = [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ]
             # Python 3.6 comes with pip 18, which cannot build a project without
             # setup.py; pip 21.3 can, and is the last pip for Python 3.6.
             old_pip = "import pip, sys; sys.exit(tuple(map(int, pip.__version__.split('.')[:2])) < (21, 3))"
@@ -74,11 +89,22 @@ def _run_in_virtualenv():
             out("(No working venv module; installing with pip --target instead.)")
             shutil.rmtree(venv, ignore_errors=True)
             target = venv + "-packages"
-            pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            pip = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ]
             _call(pip + ["--upgrade", "--target", target, ROOT])
             python = sys.executable
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [target, env.get("PYTHONPATH")]))
-    sys.exit(subprocess.call([python, os.path.abspath(__file__)] + sys.argv[1:], env=env))
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [target, env.get("PYTHONPATH")])
+            )
+    sys.exit(
+        subprocess.call([python, os.path.abspath(__file__)] + sys.argv[1:], env=env)
+    )
 
 
 def _call(command):
@@ -92,8 +118,9 @@ def _setup_django(database):
     os.environ["EXAMPLE_DB"] = database  # read by example_project/settings.py
     os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
     os.environ["PYTHONUNBUFFERED"] = "1"  # children print each line as it happens
-    import django
     import logging
+
+    import django
     from django.core.management import call_command
 
     django.setup()
@@ -112,7 +139,9 @@ class Run:
         self.label = label
         self.lines = queue.Queue()
         self.output = []
-        command = [sys.executable, os.path.join(HERE, "manage.py"), "nightly"] + list(args)
+        command = [sys.executable, os.path.join(HERE, "manage.py"), "nightly"] + list(
+            args
+        )
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -162,7 +191,10 @@ def two_runs_at_once():
     runs.append(second)
     status = second.finish()
     if any("already running" in line for line in second.output):
-        say("run 2 did not run its handle(); it said who holds the lock and exited with status %d." % status)
+        say(
+            "run 2 did not run its handle(); it said who holds the lock and exited with status %d."
+            % status
+        )
     else:
         say("UNEXPECTED: run 2 did not report the lock as held (status %d)." % status)
         failures.append("skip")
@@ -172,6 +204,7 @@ def two_runs_at_once():
 
 def killed_holder():
     from django.utils import timezone
+
     from marathon import Lock, Marathon
 
     out()
@@ -181,9 +214,15 @@ def killed_holder():
     victim.wait_for("step 1 ")
     victim.kill()
     victim.finish()
-    say("run 3 (pid %d) was killed with SIGKILL. Its row is still in marathon_lock:" % victim.pid)
+    say(
+        "run 3 (pid %d) was killed with SIGKILL. Its row is still in marathon_lock:"
+        % victim.pid
+    )
     row = Lock.objects.get(name="nightly")
-    say("    name=%r owner=%r locked_at=%s" % (row.name, row.owner, row.locked_at.strftime("%H:%M:%S")))
+    say(
+        "    name=%r owner=%r locked_at=%s"
+        % (row.name, row.owner, row.locked_at.strftime("%H:%M:%S"))
+    )
     age = (timezone.now() - row.heartbeat_at).total_seconds()
     acquired = Marathon("nightly").acquire()
     say(
@@ -191,7 +230,9 @@ def killed_holder():
         "after MARATHON_STALE_AFTER = 3 s without one." % (acquired, age)
     )
     while True:
-        age = (timezone.now() - Lock.objects.get(name="nightly").heartbeat_at).total_seconds()
+        age = (
+            timezone.now() - Lock.objects.get(name="nightly").heartbeat_at
+        ).total_seconds()
         if age > 3:
             break
         say("    no heartbeat for %.1f s..." % age)
@@ -201,7 +242,9 @@ def killed_holder():
     runs.append(taker)
     status = taker.finish()
     if any("finished" in line for line in taker.output):
-        say("run 4 took the stale lock over, ran, and released it (status %d)." % status)
+        say(
+            "run 4 took the stale lock over, ran, and released it (status %d)." % status
+        )
     else:
         say("UNEXPECTED: run 4 did not take the stale lock over (status %d)." % status)
         failures.append("takeover")
@@ -209,6 +252,7 @@ def killed_holder():
 
 def two_threads():
     from django.db import connections
+
     from marathon import AlreadyRunning, Marathon
 
     out()
@@ -251,7 +295,10 @@ def two_threads():
         time.sleep(1)
         say("%s leaves patient_report()" % who)
 
-    threads = [threading.Thread(target=call, args=(patient_report, who)) for who in ("thread A", "thread B")]
+    threads = [
+        threading.Thread(target=call, args=(patient_report, who))
+        for who in ("thread A", "thread B")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -282,7 +329,10 @@ def main():
         two_threads()
         out()
         if failures:
-            sys.exit("demo.py: something did not go as the story says: %s." % ", ".join(failures))
+            sys.exit(
+                "demo.py: something did not go as the story says: %s."
+                % ", ".join(failures)
+            )
         say("Done. See example/demo_app/management/commands/nightly.py and README.rst.")
     finally:
         for run in runs:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The example project's manage.py: try `python manage.py migrate`, then `python manage.py nightly`."""
+
 import os
 import sys
 

@@ -26,11 +26,12 @@ def exact_names_on_mysql(apps, schema_editor):
 def default_names_on_mysql(apps, schema_editor):
     connection = schema_editor.connection
     if connection.vendor == "mysql":
-        schema_editor.execute("ALTER TABLE marathon_lock MODIFY name VARCHAR(255) NOT NULL")
+        schema_editor.execute(
+            "ALTER TABLE marathon_lock MODIFY name VARCHAR(255) NOT NULL"
+        )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("marathon", "0001_initial"),
     ]
@@ -49,8 +50,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="lock",
             name="token",
-            field=models.CharField(blank=True, default="", editable=False, max_length=64),
+            field=models.CharField(
+                blank=True, default="", editable=False, max_length=64
+            ),
         ),
         # DDL cannot be rolled back on MySQL, so Django refuses it inside a transaction.
-        migrations.RunPython(exact_names_on_mysql, default_names_on_mysql, atomic=False),
+        migrations.RunPython(
+            exact_names_on_mysql, default_names_on_mysql, atomic=False
+        ),
     ]

@@ -36,12 +36,16 @@ DROP = "DROP FUNCTION IF EXISTS marathon_acquire(text, text, text)"
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("marathon", "0002_heartbeat"),
     ]
 
     operations = [
         # SQL, not RunPython, so that sqlmigrate shows it for review.
-        RunSQLOn("postgresql", [CREATE], [DROP], description="Create the function marathon_acquire(text, text, text)"),
+        RunSQLOn(
+            "postgresql",
+            [CREATE],
+            [DROP],
+            description="Create the function marathon_acquire(text, text, text)",
+        ),
     ]

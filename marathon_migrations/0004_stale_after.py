@@ -73,7 +73,6 @@ DROP = [
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("marathon", "0003_postgresql_acquire"),
     ]

@@ -19,7 +19,6 @@ def exact_names_on_mysql(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("marathon", "0004_stale_after"),
     ]
@@ -28,7 +27,15 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name="LastRun",
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
                 ("name", models.CharField(max_length=255, unique=True)),
                 ("started_at", models.DateTimeField(blank=True, null=True)),
                 ("finished_at", models.DateTimeField()),
@@ -41,14 +48,22 @@ class Migration(migrations.Migration):
                             ("ok", "ok"),
                             ("error", "error"),
                             ("lost", "lost"),
-                            ("abandoned", "abandoned (taken over after its holder died)"),
+                            (
+                                "abandoned",
+                                "abandoned (taken over after its holder died)",
+                            ),
                         ],
                         max_length=16,
                     ),
                 ),
-                ("duration", models.FloatField(blank=True, help_text="seconds", null=True)),
+                (
+                    "duration",
+                    models.FloatField(blank=True, help_text="seconds", null=True),
+                ),
             ],
         ),
         # DDL cannot be rolled back on MySQL, so Django refuses it inside a transaction.
-        migrations.RunPython(exact_names_on_mysql, migrations.RunPython.noop, atomic=False),
+        migrations.RunPython(
+            exact_names_on_mysql, migrations.RunPython.noop, atomic=False
+        ),
     ]

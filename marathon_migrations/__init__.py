@@ -5,9 +5,15 @@ PostgreSQL needs (its functions) says so with it, rather than with RunPython,
 so that ``manage.py sqlmigrate`` shows the SQL a DBA is about to apply; on
 the other databases it runs nothing, and sqlmigrate says so.
 """
+
 from django.db import migrations
 
-_VENDORS = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite", "oracle": "Oracle"}
+_VENDORS = {
+    "postgresql": "PostgreSQL",
+    "mysql": "MySQL/MariaDB",
+    "sqlite": "SQLite",
+    "oracle": "Oracle",
+}
 
 
 class RunSQLOn(migrations.RunSQL):
@@ -26,7 +32,10 @@ class RunSQLOn(migrations.RunSQL):
         return name, args, kwargs
 
     def describe(self):
-        return "%s (%s only)" % (self.description or "Raw SQL operation", _VENDORS.get(self.vendor, self.vendor))
+        return "%s (%s only)" % (
+            self.description or "Raw SQL operation",
+            _VENDORS.get(self.vendor, self.vendor),
+        )
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if self._here(schema_editor):
@@ -41,5 +50,7 @@ class RunSQLOn(migrations.RunSQL):
         if vendor == self.vendor:
             return True
         if schema_editor.collect_sql:  # sqlmigrate: say why there is nothing to show
-            schema_editor.collected_sql.append("-- Nothing to do on %s." % _VENDORS.get(vendor, vendor))
+            schema_editor.collected_sql.append(
+                "-- Nothing to do on %s." % _VENDORS.get(vendor, vendor)
+            )
         return False

@@ -55,7 +55,7 @@ def pytest_sessionstart(session):
             raise pytest.UsageError(
                 "%s is not reachable (CI is set, so this is an error): %s"
                 % (where, exc)
-            )
+            ) from exc
         pytest.exit(
             "%s is not reachable; its tests are skipped "
             "(set CI=1 to make this an error)" % where,

@@ -8,6 +8,7 @@
 
 Threads only; it never talks to any address but the target it is given.
 """
+
 import socket
 import struct
 import threading
@@ -26,7 +27,9 @@ class FaultProxy:
         self.closed = False
         self.dropping = False  # blackhole: read and discard everything
         self.accepted = 0
-        self.thread = threading.Thread(target=self._accept, name="faultproxy-accept", daemon=True)
+        self.thread = threading.Thread(
+            target=self._accept, name="faultproxy-accept", daemon=True
+        )
         self.thread.start()
 
     def _accept(self):
@@ -83,8 +86,12 @@ class FaultProxy:
                 return
             self.sockets.discard(sock)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.shutdown(socket.SHUT_RD)  # wakes a recv() in another thread; sends nothing
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            sock.shutdown(
+                socket.SHUT_RD
+            )  # wakes a recv() in another thread; sends nothing
         except OSError:
             pass
         sock.close()

@@ -4,6 +4,7 @@ Child processes run `python -m tests.fixtures_lock ACTION ...` (or a management
 command) with the environment of `child_env()`: they import the same `tests`
 and `marathon` as pytest does and use the test database pytest-django made.
 """
+
 import datetime
 import json
 import os
@@ -37,7 +38,9 @@ def child_env(**extra):
 
 def start_child(*args, **kwargs):
     """Start `python -m tests.fixtures_lock *args`; stdout/stderr are pipes."""
-    return start_python(["-m", "tests.fixtures_lock"] + [str(arg) for arg in args], **kwargs)
+    return start_python(
+        ["-m", "tests.fixtures_lock"] + [str(arg) for arg in args], **kwargs
+    )
 
 
 def start_python(args, env=None, **kwargs):
@@ -48,7 +51,7 @@ def start_python(args, env=None, **kwargs):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         universal_newlines=True,
-        **kwargs
+        **kwargs,
     )
 
 
@@ -60,7 +63,7 @@ def run_python(args, env=None, timeout=30):
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()
-        raise AssertionError("child timed out:\n%s\n%s" % (out, err))
+        raise AssertionError("child timed out:\n%s\n%s" % (out, err)) from None
     return process.returncode, out, err
 
 
@@ -93,14 +96,22 @@ def wait_for(predicate, timeout=DEADLINE, what="condition", process=None):
             return value
         if process is not None and process.poll() is not None:
             out, err = process.communicate()
-            raise AssertionError("child ended (%s) before %s:\n%s\n%s" % (process.returncode, what, out, err))
+            raise AssertionError(
+                "child ended (%s) before %s:\n%s\n%s"
+                % (process.returncode, what, out, err)
+            )
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % what)
         _pause(0.02)
 
 
 def wait_for_file(path, process=None, timeout=DEADLINE):
-    wait_for(lambda: os.path.exists(path), timeout=timeout, what="file %s" % path, process=process)
+    wait_for(
+        lambda: os.path.exists(path),
+        timeout=timeout,
+        what="file %s" % path,
+        process=process,
+    )
     with open(path) as file:
         return file.read()
 
@@ -119,7 +130,7 @@ def finish(process, timeout=DEADLINE):
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()
-        raise AssertionError("child did not end:\n%s\n%s" % (out, err))
+        raise AssertionError("child did not end:\n%s\n%s" % (out, err)) from None
     return process.returncode, out, err
 
 
@@ -146,7 +157,11 @@ def db_now(using="default"):
 
 
 def heartbeat_threads():
-    return [thread for thread in threading.enumerate() if thread.name.startswith("marathon-heartbeat-")]
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("marathon-heartbeat-")
+    ]
 
 
 def server_connections():
@@ -156,12 +171,16 @@ def server_connections():
     if connection.vendor == "postgresql":
         sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
     elif connection.vendor == "mysql":
-        sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+        sql = (
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+        )
     else:
         return None
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else a transaction sees one snapshot
+            cursor.execute(
+                "SELECT pg_stat_clear_snapshot()"
+            )  # else a transaction sees one snapshot
         cursor.execute(sql)
         return cursor.fetchone()[0]
 
@@ -180,9 +199,14 @@ def _child(action, *args):
     if action == "hold":
         # hold NAME READY RELEASE HEARTBEAT STALE_AFTER: hold until RELEASE exists.
         name, ready, release, heartbeat, stale_after = args
-        lock = Marathon(name, heartbeat=float(heartbeat), stale_after=float(stale_after))
+        lock = Marathon(
+            name, heartbeat=float(heartbeat), stale_after=float(stale_after)
+        )
         assert lock.acquire(), "child could not acquire %r" % name
-        touch(ready, json.dumps({"fence": lock.fence, "owner": lock.owner, "pid": os.getpid()}))
+        touch(
+            ready,
+            json.dumps({"fence": lock.fence, "owner": lock.owner, "pid": os.getpid()}),
+        )
         wait_for(lambda: os.path.exists(release), timeout=60, what="release file")
         print(json.dumps({"released": lock.release(), "lost": lock.lost}))
     elif action == "try":
@@ -192,7 +216,12 @@ def _child(action, *args):
             with Marathon(name, wait=float(wait)) as lock:
                 result = {"acquired": True, "fence": lock.fence}
         except AlreadyRunning as error:
-            result = {"acquired": False, "fence": None, "owner": error.owner, "message": str(error)}
+            result = {
+                "acquired": False,
+                "fence": None,
+                "owner": error.owner,
+                "message": str(error),
+            }
         print(json.dumps(result))
     elif action == "interval":
         # interval NAME MIN_INTERVAL OUTCOME: one run with a min_interval, ending
@@ -228,7 +257,9 @@ def _child(action, *args):
             with transaction.atomic():
                 assert lock.acquire()
                 touch(ready, json.dumps({"fence": lock.fence}))
-                wait_for(lambda: os.path.exists(release), timeout=60, what="release file")
+                wait_for(
+                    lambda: os.path.exists(release), timeout=60, what="release file"
+                )
                 raise RuntimeError("roll back")
         except RuntimeError:
             pass

@@ -7,6 +7,7 @@ forked child reports to its parent through a pipe and always ends with
 os._exit(), so that it never runs the parent's cleanup; the parent waits
 for it at most CHILD_TIMEOUT seconds, then kills it and says so.
 """
+
 import json
 import multiprocessing
 import os
@@ -79,7 +80,11 @@ def _row(name):
     """The lock row's (id, token, heartbeat_at), or None."""
     from marathon import Lock
 
-    return Lock.objects.filter(name=name).values_list("id", "token", "heartbeat_at").first()
+    return (
+        Lock.objects.filter(name=name)
+        .values_list("id", "token", "heartbeat_at")
+        .first()
+    )
 
 
 def _take_and_release(name):
@@ -175,18 +180,29 @@ def fork_storm(forks="200", concurrency="4", holds="20"):
     _slow_down.file = marathon.__file__
     sys.setswitchinterval(1e-5)
     threading.settrace(_slow_down)  # the threads started from here on: the heartbeat's
-    locks = [Marathon("storm" if index == 0 else "storm-held-%d" % index, heartbeat=0.01, stale_after=5)
-             for index in range(holds)]
+    locks = [
+        Marathon(
+            "storm" if index == 0 else "storm-held-%d" % index,
+            heartbeat=0.01,
+            stale_after=5,
+        )
+        for index in range(holds)
+    ]
     for lock in locks:
         assert lock.acquire(), "could not take %r" % lock.name
     assert _heartbeat_advances("storm"), "the heartbeat does not run"
     connection.close()
-    threading.settrace(None)  # only the heartbeat's threads, not ours nor the children's
+    # Only the heartbeat's threads are traced, not ours nor the children's.
+    threading.settrace(None)
     running, failures, started = {}, [], 0
     while (started < forks or running) and not failures:
         while started < forks and len(running) < concurrency:
             index = started
-            running[_fork(lambda: _take_and_release("storm-%d" % index))] = (index, time.monotonic())
+            name = "storm-%d" % index
+            running[_fork(lambda name=name: _take_and_release(name))] = (
+                index,
+                time.monotonic(),
+            )
             started += 1
         for (pid, read), (index, since) in list(running.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -198,7 +214,13 @@ def fork_storm(forks="200", concurrency="4", holds="20"):
                 failures.append({"child": index, "hung": True})
             elif not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
                 raw = os.read(read, 65536).decode()
-                failures.append({"child": index, "status": status, "facts": json.loads(raw) if raw else {}})
+                failures.append(
+                    {
+                        "child": index,
+                        "status": status,
+                        "facts": json.loads(raw) if raw else {},
+                    }
+                )
             os.close(read)
             del running[(pid, read)]
         _pause(0.005)
@@ -239,10 +261,16 @@ def fork_mid_beat():
     connection.close()
     if not at_beat.wait(5):
         go_on.set()
-        return {"hook_called": False, "points": sorted(set(points)), "release": lock.release()}
+        return {
+            "hook_called": False,
+            "points": sorted(set(points)),
+            "release": lock.release(),
+        }
 
     def child():
-        marathon._hook = None  # the child's own heartbeat must not stop at the parent's seam
+        marathon._hook = (
+            None  # the child's own heartbeat must not stop at the parent's seam
+        )
         return _take_and_release("mid-beat-child")
 
     pid, read = _fork(child)
@@ -274,7 +302,9 @@ def _pool_query(index):
 
     from marathon import Lock
 
-    _barrier.wait(CHILD_TIMEOUT)  # both workers query at the same time, as a real pool would
+    _barrier.wait(
+        CHILD_TIMEOUT
+    )  # both workers query at the same time, as a real pool would
     count = Lock.objects.count()
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -312,8 +342,10 @@ def pool_command():
 
     out = io.StringIO()
     call_command(_pool_command(), stdout=out)
-    lines = [line for line in out.getvalue().splitlines() if line.startswith("RESULTS ")]
-    return {"results": json.loads(lines[0][len("RESULTS "):]) if lines else None}
+    lines = [
+        line for line in out.getvalue().splitlines() if line.startswith("RESULTS ")
+    ]
+    return {"results": json.loads(lines[0][len("RESULTS ") :]) if lines else None}
 
 
 def main():
@@ -321,7 +353,9 @@ def main():
 
     django.setup()
     # Python 3.12+ warns when a process with threads forks: here that is the point.
-    warnings.filterwarnings("ignore", r"This process .*is multi-threaded", DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", r"This process .*is multi-threaded", DeprecationWarning
+    )
     from django.db import connection
 
     action, args = sys.argv[1], sys.argv[2:]

@@ -5,6 +5,7 @@ Tests marked "child" run a fresh process with tests/earlyapp/settings_*.py: a
 project that adds "marathon" to INSTALLED_APPS and nothing else (tests/settings.py
 sets MIGRATION_MODULES and DEFAULT_AUTO_FIELD, which would hide a broken line).
 """
+
 import importlib
 import json
 import os
@@ -24,11 +25,15 @@ from tests.fixtures_lock import child_env, run_python
 
 def probe(settings_module, *args):
     if connection.vendor == "sqlite":
-        database = os.path.join(tempfile.gettempdir(), "%s_app.sqlite3" % test_settings.TEST_NAME)
+        database = os.path.join(
+            tempfile.gettempdir(), "%s_app.sqlite3" % test_settings.TEST_NAME
+        )
     else:
         database = "%s_app" % test_settings.TEST_NAME
     env = child_env(DJANGO_SETTINGS_MODULE=settings_module, MARATHON_APP_DB=database)
-    code, out, err = run_python(["-m", "tests.earlyapp.probe"] + list(args), env=env, timeout=60)
+    code, out, err = run_python(
+        ["-m", "tests.earlyapp.probe"] + list(args), env=env, timeout=60
+    )
     assert code == 0, err
     return json.loads(out)
 
@@ -72,7 +77,15 @@ def test_migrations_module_is_marathon_migrations():
 
 def test_migrate_creates_the_table_without_migration_modules(plain):
     assert "marathon_lock" in plain["tables"], plain["migrate"]
-    assert plain["columns"] == ["heartbeat_at", "id", "locked_at", "name", "owner", "stale_after", "token"]
+    assert plain["columns"] == [
+        "heartbeat_at",
+        "id",
+        "locked_at",
+        "name",
+        "owner",
+        "stale_after",
+        "token",
+    ]
     assert "Applying marathon.0002_heartbeat" in plain["migrate"]
 
 
@@ -82,7 +95,9 @@ def test_makemigrations_finds_no_change(plain):
 
 
 def test_check_is_clean(plain):
-    assert plain["check"].strip() == "System check identified no issues (0 silenced).", plain["check"]
+    assert (
+        plain["check"].strip() == "System check identified no issues (0 silenced)."
+    ), plain["check"]
 
 
 # ---- __path__ (and default_app_config below Django 3.2): the app config is used ----
@@ -107,12 +122,16 @@ def test_checks_are_registered_by_the_app_config():
     assert marathon._check_settings in checks.registry.registry.registered_checks
 
 
-@pytest.mark.skipif(django.VERSION >= (3, 2), reason="Django 3.2+ finds the config in marathon.apps")
+@pytest.mark.skipif(
+    django.VERSION >= (3, 2), reason="Django 3.2+ finds the config in marathon.apps"
+)
 def test_default_app_config_below_django_3_2():
     assert marathon.default_app_config == "marathon.MarathonConfig"
 
 
-@pytest.mark.skipif(django.VERSION < (3, 2), reason="Django 3.1 needs default_app_config")
+@pytest.mark.skipif(
+    django.VERSION < (3, 2), reason="Django 3.1 needs default_app_config"
+)
 def test_no_default_app_config_from_django_3_2():
     assert not hasattr(marathon, "default_app_config")  # 3.2+ would warn about it
 
@@ -148,7 +167,7 @@ def test_model_importable_from_an_app_listed_before_marathon(early):
 
 def test_unknown_attribute_is_still_an_attribute_error():
     with pytest.raises(AttributeError):
-        marathon.NoSuchThing
+        marathon.NoSuchThing  # noqa: B018 - the attribute access is the test
     assert not hasattr(marathon, "lock")
 
 

@@ -3,6 +3,7 @@
 Async tests run their own event loop (Python 3.6 has no asyncio.run); the
 other holder is always a real process.
 """
+
 import asyncio
 import collections
 import io
@@ -15,14 +16,21 @@ from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon
-from tests.fixtures_lock import finish, run_coroutine as run, run_python, start_child, touch, wait_for_file
+from tests.fixtures_lock import (
+    finish,
+    run_python,
+    start_child,
+    touch,
+    wait_for_file,
+)
+from tests.fixtures_lock import (
+    run_coroutine as run,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FAST = {"heartbeat": 0.2, "stale_after": 2.0}
 BOUND = 10.0
-
-
 
 
 def rows(name):
@@ -42,8 +50,13 @@ def holder(tmp_path):
     children = []
 
     def hold(name):
-        ready, release = str(tmp_path / (name + ".ready")), str(tmp_path / (name + ".release"))
-        child = start_child("hold", name, ready, release, FAST["heartbeat"], FAST["stale_after"])
+        ready, release = (
+            str(tmp_path / (name + ".ready")),
+            str(tmp_path / (name + ".release")),
+        )
+        child = start_child(
+            "hold", name, ready, release, FAST["heartbeat"], FAST["stale_after"]
+        )
         children.append((child, release))
         wait_for_file(ready, process=child)
         return lambda: touch(release)
@@ -62,7 +75,9 @@ def test_async_with_holds_the_lock_across_awaits():
         loop = asyncio.get_event_loop()
         async with Marathon("async-held", **FAST) as lock:
             await asyncio.sleep(0.05)
-            held_elsewhere = await loop.run_in_executor(None, seen_from_another_process, "async-held")
+            held_elsewhere = await loop.run_in_executor(
+                None, seen_from_another_process, "async-held"
+            )
             return lock.held, held_elsewhere, lock.fence
 
     held, held_elsewhere, fence = run(job())
@@ -138,7 +153,12 @@ def test_a_task_cancelled_while_waiting_leaves_nothing_behind(holder):
     lock = run(job())
     release_holder()
     assert not lock.held
-    assert Lock.objects.using("default").filter(name="async-cancel-wait", owner=lock.owner or "-").count() == 0
+    assert (
+        Lock.objects.using("default")
+        .filter(name="async-cancel-wait", owner=lock.owner or "-")
+        .count()
+        == 0
+    )
 
 
 def test_a_task_cancelled_while_its_attempt_succeeds_releases_it():
@@ -210,7 +230,9 @@ def test_a_name_field_gives_a_lock_per_argument():
         if block:
             inside.set()
             leave.wait(BOUND)
-        return Lock.objects.using("default").filter(name="sync-shop-%s" % shop_id).exists()
+        return (
+            Lock.objects.using("default").filter(name="sync-shop-%s" % shop_id).exists()
+        )
 
     def in_thread():
         try:
@@ -235,7 +257,9 @@ def test_fields_use_attributes_indexes_defaults_and_literal_braces():
 
     @Marathon("order-{order.pk}-{items[0]}-{region}-{{x}}", **FAST)
     def ship(order, items, region="eu"):
-        names.append(Lock.objects.using("default").filter(name__startswith="order-").get().name)
+        names.append(
+            Lock.objects.using("default").filter(name__startswith="order-").get().name
+        )
 
     ship(collections.namedtuple("Order", "pk")(7), ["a"])
     ship(order=collections.namedtuple("Order", "pk")(8), items=("b",), region="us")
@@ -264,8 +288,12 @@ def test_a_field_that_names_no_parameter_fails_at_decoration():
             pass  # pragma: no cover
 
 
-@pytest.mark.parametrize("value, message", [("", "empty"), ("x" * 300, "at most 255"), ("a\x00b", "NUL")])
-def test_a_filled_name_that_breaks_the_rules_fails_before_any_query(value, message, django_assert_num_queries):
+@pytest.mark.parametrize(
+    "value, message", [("", "empty"), ("x" * 300, "at most 255"), ("a\x00b", "NUL")]
+)
+def test_a_filled_name_that_breaks_the_rules_fails_before_any_query(
+    value, message, django_assert_num_queries
+):
     @Marathon("{value}", **FAST)
     def job(value):
         pytest.fail("must not run")  # pragma: no cover
@@ -281,13 +309,19 @@ def test_a_filled_name_that_breaks_the_rules_fails_before_any_query(value, messa
 def test_command_lock_name_is_filled_from_options(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     call_command("marathon_template", "--shop", "3", stdout=out, stderr=err)
-    facts = json.loads([line for line in out.getvalue().splitlines() if line.startswith("FACTS ")][0][6:])
+    facts = json.loads(
+        [line for line in out.getvalue().splitlines() if line.startswith("FACTS ")][0][
+            6:
+        ]
+    )
     assert facts["lock"] == "sync-shop-3" and facts["row"] is True
     # Another shop runs while shop 3 is held; shop 3 itself skips.
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
     from tests.fixtures_lock import start_command
 
-    running = start_command("marathon_template", "--shop", "3", "--ready", ready, "--wait-for", go)
+    running = start_command(
+        "marathon_template", "--shop", "3", "--ready", ready, "--wait-for", go
+    )
     try:
         wait_for_file(ready, process=running)
         out, err = io.StringIO(), io.StringIO()
@@ -295,7 +329,10 @@ def test_command_lock_name_is_filled_from_options(tmp_path):
         assert "Task completed." in out.getvalue()
         out, err = io.StringIO(), io.StringIO()
         call_command("marathon_template", "--shop", "3", stdout=out, stderr=err)
-        assert "already running" in err.getvalue() and "Task completed." not in out.getvalue()
+        assert (
+            "already running" in err.getvalue()
+            and "Task completed." not in out.getvalue()
+        )
     finally:
         touch(go)
         finish(running)
@@ -345,5 +382,9 @@ def test_a_cancelled_acquire_is_no_run_for_min_interval():
     lock = Marathon("async-cancel-period", min_interval=3600, **FAST)
     _cancel_while_the_attempt_runs(lock, times=2)
     assert rows("async-cancel-period") == 0
-    assert not LastRun.objects.using("default").filter(name="async-cancel-period", outcome="ok").exists()
+    assert (
+        not LastRun.objects.using("default")
+        .filter(name="async-cancel-period", outcome="ok")
+        .exists()
+    )
     assert Marathon("async-cancel-period", min_interval=3600, **FAST).acquire()

@@ -3,6 +3,7 @@
 Skipped, saying what is missing, without Chromium, chromedriver or selenium:
     apt-get install chromium chromium-driver && python -m pip install selenium
 """
+
 import shutil
 import tempfile
 
@@ -11,7 +12,11 @@ from django.contrib.auth.models import Permission, User
 
 from marathon import Lock, Marathon
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM = (
+    shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or shutil.which("google-chrome")
+)
 CHROMEDRIVER = shutil.which("chromedriver")
 try:
     from selenium import webdriver
@@ -23,7 +28,11 @@ except ImportError:
 
 MISSING = [
     what
-    for what, found in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER), ("selenium", webdriver))
+    for what, found in (
+        ("chromium", CHROMIUM),
+        ("chromedriver", CHROMEDRIVER),
+        ("selenium", webdriver),
+    )
     if not found
 ]
 pytestmark = [
@@ -56,7 +65,9 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in FLAGS + ["--user-data-dir=" + profile]:
         options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)  # a path: Selenium downloads nothing
+    service = webdriver.ChromeService(
+        executable_path=CHROMEDRIVER
+    )  # a path: Selenium downloads nothing
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -72,7 +83,9 @@ def operator(browser, live_server):
 
     def log_in(*codenames):
         user = User.objects.create_user("ops", password="secret-ops", is_staff=True)
-        permissions = Permission.objects.filter(content_type__app_label="marathon", codename__in=codenames)
+        permissions = Permission.objects.filter(
+            content_type__app_label="marathon", codename__in=codenames
+        )
         user.user_permissions.set(permissions)
         browser.delete_all_cookies()
         browser.get(live_server.url + "/admin/login/?next=" + CHANGELIST)
@@ -95,7 +108,9 @@ def click(browser, element):
 def make_locks():
     running = Marathon("running-job", heartbeat=0.2, stale_after=45)
     assert running.acquire()
-    Lock.objects.create(name="stale-job", owner="web1:42", heartbeat_at="2000-01-01T00:00:00Z")
+    Lock.objects.create(
+        name="stale-job", owner="web1:42", heartbeat_at="2000-01-01T00:00:00Z"
+    )
     Lock.objects.get_or_create(name="manual-job")
     return running
 
@@ -128,25 +143,46 @@ def test_list_filter_and_release_with_confirmation(operator):
         browser = operator("view_lock", "delete_lock")
         shown = rows(browser)
         assert sorted(shown) == ["manual-job", "running-job", "stale-job"]
-        assert (shown["running-job"]["state"], shown["running-job"]["holder"]) == ("running", running.owner)
+        assert (shown["running-job"]["state"], shown["running-job"]["holder"]) == (
+            "running",
+            running.owner,
+        )
         assert shown["running-job"]["last_heartbeat"].endswith(" s ago")
         assert shown["running-job"]["holder_stale_after"] == "45 s"
         assert shown["running-job"]["fence"] == str(running.fence)
-        assert shown["stale-job"]["state"] == "stale" and shown["manual-job"]["state"] == "manual"
+        assert (
+            shown["stale-job"]["state"] == "stale"
+            and shown["manual-job"]["state"] == "manual"
+        )
 
-        click(browser, browser.find_element(By.ID, "changelist-filter").find_element(By.LINK_TEXT, "stale"))
+        click(
+            browser,
+            browser.find_element(By.ID, "changelist-filter").find_element(
+                By.LINK_TEXT, "stale"
+            ),
+        )
         assert sorted(rows(browser)) == ["stale-job"]
-        click(browser, browser.find_element(By.ID, "changelist-filter").find_element(By.LINK_TEXT, "All"))
+        click(
+            browser,
+            browser.find_element(By.ID, "changelist-filter").find_element(
+                By.LINK_TEXT, "All"
+            ),
+        )
         assert sorted(rows(browser)) == ["manual-job", "running-job", "stale-job"]
 
         for name in ("running-job", "stale-job"):
             pk = Lock.objects.get(name=name).pk
-            browser.find_element(By.CSS_SELECTOR, "input[name=_selected_action][value='%d']" % pk).click()
+            browser.find_element(
+                By.CSS_SELECTOR, "input[name=_selected_action][value='%d']" % pk
+            ).click()
         Select(browser.find_element(By.NAME, "action")).select_by_value("release_locks")
         click(browser, browser.find_element(By.NAME, "index"))
 
         warning = browser.find_element(By.ID, "running").text
-        assert "1 of these locks is running" in warning and "running-job, held by %s" % running.owner in warning
+        assert (
+            "1 of these locks is running" in warning
+            and "running-job, held by %s" % running.owner in warning
+        )
         assert "stale-job" not in warning
         confirm = browser.find_elements(By.CSS_SELECTOR, "#locks tbody tr")
         assert [row.text.split()[:3] for row in confirm] == [
@@ -155,7 +191,12 @@ def test_list_filter_and_release_with_confirmation(operator):
         ]
         assert Lock.objects.count() == 3  # nothing released before the confirmation
 
-        click(browser, browser.find_element(By.CSS_SELECTOR, "input[type=submit][value^='Yes, release']"))
+        click(
+            browser,
+            browser.find_element(
+                By.CSS_SELECTOR, "input[type=submit][value^='Yes, release']"
+            ),
+        )
         message = browser.find_element(By.CSS_SELECTOR, "ul.messagelist li").text
         assert message == "Released 2 lock(s): running-job, stale-job."
         assert sorted(rows(browser)) == ["manual-job"]
@@ -170,13 +211,21 @@ def test_without_the_delete_permission_no_release_and_no_editing(operator, live_
         browser = operator("view_lock", "change_lock")
         assert sorted(rows(browser)) == ["manual-job", "running-job", "stale-job"]
         actions = browser.find_elements(By.CSS_SELECTOR, "select[name=action] option")
-        assert "release_locks" not in [option.get_attribute("value") for option in actions]
-        assert not browser.find_elements(By.CSS_SELECTOR, "a[href$='/marathon/lock/add/']")
+        assert "release_locks" not in [
+            option.get_attribute("value") for option in actions
+        ]
+        assert not browser.find_elements(
+            By.CSS_SELECTOR, "a[href$='/marathon/lock/add/']"
+        )
 
-        click(browser, browser.find_element(By.LINK_TEXT, "running-job"))  # a read-only view of the row
+        click(
+            browser, browser.find_element(By.LINK_TEXT, "running-job")
+        )  # a read-only view of the row
         page = browser.find_element(By.ID, "content").text
         assert running.owner in page and str(running.fence) in page
-        assert not browser.find_elements(By.CSS_SELECTOR, "input[name=name], input[name=_save], .deletelink")
+        assert not browser.find_elements(
+            By.CSS_SELECTOR, "input[name=name], input[name=_save], .deletelink"
+        )
         assert running.held
     finally:
         running.release()

@@ -1,4 +1,5 @@
 """SingleRunnerCommand: commands in tests/testapp/management/commands/, in process and as real processes."""
+
 import io
 import json
 import os
@@ -11,7 +12,14 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import finish, run_command, start_child, start_command, touch, wait_for_file
+from tests.fixtures_lock import (
+    finish,
+    run_command,
+    start_child,
+    start_command,
+    touch,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,7 +35,7 @@ def call(name, *args):
 
 def facts(stdout):
     line = [line for line in stdout.splitlines() if line.startswith("FACTS ")][0]
-    return json.loads(line[len("FACTS "):])
+    return json.loads(line[len("FACTS ") :])
 
 
 # ---- the lock wraps the run ----
@@ -85,7 +93,9 @@ def test_lock_wait_waits_for_the_holder(tmp_path):
     ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
     holder = start_child("hold", "waiting-task", ready, release, 0.1, 0.5)
     wait_for_file(ready, process=holder)
-    releaser = threading.Timer(0.3, touch, args=(release,))  # the command must be waiting by then, or not: it passes
+    releaser = threading.Timer(
+        0.3, touch, args=(release,)
+    )  # the command must be waiting by then, or not: it passes
     releaser.start()
     try:
         _, out, err = call("marathon_wait")
@@ -110,7 +120,10 @@ def running(tmp_path):
     started = []
 
     def start(name, *args):
-        ready, release = str(tmp_path / ("ready%d" % len(started))), str(tmp_path / ("release%d" % len(started)))
+        ready, release = (
+            str(tmp_path / ("ready%d" % len(started))),
+            str(tmp_path / ("release%d" % len(started))),
+        )
         process = start_command(name, "--ready", ready, "--wait-for", release, *args)
         started.append((process, release))
         seen = json.loads(wait_for_file(ready, process=process))
@@ -131,7 +144,12 @@ def test_second_run_is_skipped_with_status_0_while_the_first_runs(running):
     code, out, err = run_command("marathon_readme")
     assert code == 0
     assert "Starting task" not in out
-    assert "marathon_readme" in err and "already running" in err and row.owner in err and " since " in err
+    assert (
+        "marathon_readme" in err
+        and "already running" in err
+        and row.owner in err
+        and " since " in err
+    )
     release()
     code, out, err = finish(first)
     assert code == 0, err
@@ -143,7 +161,11 @@ def test_second_run_exits_with_lock_held_exit_code(running):
     first, _, release = running("marathon_exit3")
     code, out, err = run_command("marathon_exit3")
     assert code == 3
-    assert "marathon_exit3" in err and "already running" in err and "Starting task" not in out
+    assert (
+        "marathon_exit3" in err
+        and "already running" in err
+        and "Starting task" not in out
+    )
     release()
     assert finish(first)[0] == 0
 

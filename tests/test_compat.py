@@ -1,8 +1,10 @@
 """What django-marathon 0.1 documented keeps working as written."""
+
 import pytest
 from django.contrib import admin
 
-from marathon import Lock as LockModel, Marathon
+from marathon import Lock as LockModel
+from marathon import Marathon
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,14 +33,19 @@ def my_task():
 
 def test_readme_example_runs_when_free(capsys):
     my_task()
-    assert capsys.readouterr().out == "Task is running...\nTask completed successfully.\n"
+    assert (
+        capsys.readouterr().out == "Task is running...\nTask completed successfully.\n"
+    )
     assert not Lock.objects.exists()
 
 
 def test_readme_example_is_skipped_while_a_marathon_holds_the_lock(capsys):
     with Marathon("my-unique-task-lock", heartbeat=0.2, stale_after=2.0) as held:
         my_task()
-        assert capsys.readouterr().out == "Task is already running, please try again later.\n"
+        assert (
+            capsys.readouterr().out
+            == "Task is already running, please try again later.\n"
+        )
         assert Lock.objects.get(name="my-unique-task-lock").owner == held.owner
     assert not Lock.objects.exists()
 

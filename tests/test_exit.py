@@ -5,6 +5,7 @@ With psycopg 3, an open connection collected at exit prints "ResourceWarning:
 ("unclosed database"). The heartbeat's connection belongs to its session
 thread, which closes it when it ends.
 """
+
 import sys
 import textwrap
 
@@ -36,9 +37,9 @@ CHILD = textwrap.dedent(
 )
 
 # The drivers that warn about a connection left open; psycopg2 and PyMySQL do not.
-WARNS = (connection.vendor == "postgresql" and connection.Database.__name__ == "psycopg") or (
-    connection.vendor == "sqlite" and sys.version_info >= (3, 13)
-)
+WARNS = (
+    connection.vendor == "postgresql" and connection.Database.__name__ == "psycopg"
+) or (connection.vendor == "sqlite" and sys.version_info >= (3, 13))
 
 
 KNOWN = (
@@ -48,7 +49,9 @@ KNOWN = (
 
 
 def test_exit_right_after_a_release_leaves_no_connection_open():
-    code, out, err = run_python(["-W", "error::ResourceWarning", "-c", CHILD], env=child_env())
+    code, out, err = run_python(
+        ["-W", "error::ResourceWarning", "-c", CHILD], env=child_env()
+    )
     assert code == 0, err
     if WARNS and "ResourceWarning" in err:
         pytest.xfail(KNOWN)  # passes once the heartbeat closes its connection in time

@@ -7,6 +7,7 @@ children print JSON events (see tests/worker.py) and read commands. Times
 that cross processes are CLOCK_MONOTONIC (one clock for the whole host) or
 the database's own clock.
 """
+
 import json
 import os
 import queue
@@ -30,7 +31,9 @@ from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.faults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds the `tests` package
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)  # holds the `tests` package
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 HEARTBEAT, STALE_AFTER = 0.5, 2.0  # the timing of every fault test below
 FAST = {"heartbeat": HEARTBEAT, "stale_after": STALE_AFTER}
@@ -59,7 +62,9 @@ class Child:
         child_env.update(
             MARATHON_TEST_CHILD="1",
             DJANGO_SETTINGS_MODULE="tests.settings",
-            PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            PYTHONPATH=os.pathsep.join(
+                [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+            ),
         )
         child_env.update(env or {})
         self.process = subprocess.Popen(
@@ -103,7 +108,10 @@ class Child:
     def expect(self, event, timeout):
         item = self.poll(event, timeout)
         if item is None:
-            pytest.fail("%s: no %r event within %s s; saw %s; stderr:\n%s" % (self, event, timeout, self.seen, self.err()))
+            pytest.fail(
+                "%s: no %r event within %s s; saw %s; stderr:\n%s"
+                % (self, event, timeout, self.seen, self.err())
+            )
         return item
 
     def send(self, line):
@@ -117,7 +125,9 @@ class Child:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail("%s did not end within %s s; stderr:\n%s" % (self, timeout, self.err()))
+            pytest.fail(
+                "%s did not end within %s s; stderr:\n%s" % (self, timeout, self.err())
+            )
 
     def err(self):
         self.stderr.seek(0)
@@ -133,7 +143,9 @@ def spawn(transactional_db):
     children = []
 
     def start(scenario, env=None, **params):
-        child = Child([sys.executable, "-m", "tests.worker", scenario, json.dumps(params)], env)
+        child = Child(
+            [sys.executable, "-m", "tests.worker", scenario, json.dumps(params)], env
+        )
         children.append(child)
         return child
 
@@ -167,12 +179,18 @@ def vendor():
 
 
 def lock_row(name):
-    return Lock.objects.filter(name=name).values("id", "token", "owner", "locked_at", "heartbeat_at").first()
+    return (
+        Lock.objects.filter(name=name)
+        .values("id", "token", "owner", "locked_at", "heartbeat_at")
+        .first()
+    )
 
 
 def heartbeat_age(name):
     with connection.cursor() as cursor:
-        cursor.execute("SELECT %s FROM marathon_lock WHERE name = %%s" % AGE[vendor()], [name])
+        cursor.execute(
+            "SELECT %s FROM marathon_lock WHERE name = %%s" % AGE[vendor()], [name]
+        )
         row = cursor.fetchone()
     return None if row is None else float(row[0])
 
@@ -206,12 +224,18 @@ def test_race_one_winner_per_round_and_losers_return_at_once(spawn):
         child.expect("ready", 60)
     intervals = []
     for number in range(ROUNDS):
-        for child in children:  # every contender blocks on its pipe: this is the barrier
+        for (
+            child
+        ) in children:  # every contender blocks on its pipe: this is the barrier
             child.send("go")
         results = [(child, child.expect("round", 30)) for child in children]
         winners = [(child, result) for child, result in results if result["won"]]
         assert len(winners) == 1, "round %d: %d winners" % (number, len(winners))
-        slow = [result["took"] for _, result in results if not result["won"] and result["took"] > LOSER_BOUND[vendor()]]
+        slow = [
+            result["took"]
+            for _, result in results
+            if not result["won"] and result["took"] > LOSER_BOUND[vendor()]
+        ]
         assert not slow, "round %d: losers waited %s s" % (number, slow)
         winner, result = winners[0]
         winner.send("release")
@@ -245,7 +269,11 @@ def test_crash_takeover_after_stale_after(spawn):
     holder.wait()
     # A heartbeat sent just before the kill may still land: read until it is settled.
     last = lock_row("crash")["heartbeat_at"]
-    wait_for(lambda: lock_row("crash")["heartbeat_at"] == last, 2, "heartbeat_at moved after the kill")
+    wait_for(
+        lambda: lock_row("crash")["heartbeat_at"] == last,
+        2,
+        "heartbeat_at moved after the kill",
+    )
     assert last >= before["heartbeat_at"]
     held = waiter.expect("held", 30)
     taken = lock_row("crash")
@@ -277,10 +305,16 @@ def test_pause_holder_learns_of_the_takeover_and_leaves_it_alone(spawn):
     assert lost["lost"] is True and lost["held"] is False
     holder.send("release")
     end = holder.expect("exit", 10)
-    assert end["exc"] == "LockLost" and end["lost"] is True and end["check"] == "LockLost", end
+    assert (
+        end["exc"] == "LockLost" and end["lost"] is True and end["check"] == "LockLost"
+    ), end
     assert holder.wait() == 0
     row = lock_row("pause")
-    assert row is not None and row["token"] == held["token"] and row["owner"] == held["owner"]
+    assert (
+        row is not None
+        and row["token"] == held["token"]
+        and row["owner"] == held["owner"]
+    )
     waiter.send("release")
     assert waiter.expect("exit", 30)["exc"] is None
     assert lock_row("pause") is None
@@ -317,8 +351,12 @@ def test_dropped_heartbeat_session_reconnects(spawn):
     for _ in range(3):
         sessions = []
         wait_for(
-            lambda: sessions.extend(s for s in heartbeat_sessions(main_session) if s[0] not in killed)
-            or sessions,
+            lambda sessions=sessions: (
+                sessions.extend(
+                    s for s in heartbeat_sessions(main_session) if s[0] not in killed
+                )
+                or sessions
+            ),
             5,
             "no heartbeat session appeared",
         )
@@ -334,7 +372,7 @@ def test_dropped_heartbeat_session_reconnects(spawn):
         killed.add(session)
         cut = now()
         wait_for(
-            lambda: heartbeat_age("drop") < now() - cut - 0.05,
+            lambda cut=cut: heartbeat_age("drop") < now() - cut - 0.05,
             STALE_AFTER,
             "no heartbeat after the session was killed",
         )
@@ -342,7 +380,11 @@ def test_dropped_heartbeat_session_reconnects(spawn):
     assert holder.poll("on_lost", STALE_AFTER + 1.0) is None
     assert heartbeat_age("drop") < 2 * HEARTBEAT
     holder.send("status")
-    assert holder.expect("status", 10) == {"event": "status", "lost": False, "held": True}
+    assert holder.expect("status", 10) == {
+        "event": "status",
+        "lost": False,
+        "held": True,
+    }
     holder.send("release")
     assert holder.expect("exit", 10)["exc"] is None
     assert lock_row("drop") is None
@@ -365,12 +407,20 @@ def test_unreachable_database_ends_in_a_reported_loss(spawn, fault):
             env={prefix + "HOST": "127.0.0.1", prefix + "PORT": str(proxy.port)},
             name="unreachable",
             exit_on_lost=True,
-            **FAST
+            **FAST,
         )
         started(holder)
         holder.expect("held", 30)
-        wait_for(lambda: proxy.accepted >= 2, 5, "the heartbeat never connected through the proxy")
-        wait_for(lambda: heartbeat_age("unreachable") < HEARTBEAT, 5, "no heartbeat through the proxy")
+        wait_for(
+            lambda: proxy.accepted >= 2,
+            5,
+            "the heartbeat never connected through the proxy",
+        )
+        wait_for(
+            lambda: heartbeat_age("unreachable") < HEARTBEAT,
+            5,
+            "no heartbeat through the proxy",
+        )
         cut = now()
         if fault == "reset":
             proxy.cut()
@@ -403,7 +453,11 @@ def test_clock_skew_neither_steals_nor_loses(spawn, skew):
         )
     if not os.path.exists(FAKETIME):
         pytest.skip("libfaketime is not installed (%s)" % FAKETIME)
-    skewed = {"LD_PRELOAD": FAKETIME, "FAKETIME": skew, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    skewed = {
+        "LD_PRELOAD": FAKETIME,
+        "FAKETIME": skew,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
     # A fresh lock of a normal process, tried by a skewed one for longer than stale_after;
     # a lock of a skewed process, held for over 2 * stale_after while a normal process tries it.
     holder = spawn("hold", name="fresh", **FAST)
@@ -413,17 +467,31 @@ def test_clock_skew_neither_steals_nor_loses(spawn, skew):
         offsets[child] = started(child)["time"] - time.time()
         child.expect("held", 30)
     thief = spawn("attempt", env=skewed, name="fresh", wait=STALE_AFTER + 1.0, **FAST)
-    prober = spawn("attempt", name="skewed", tries=10, every=(2 * STALE_AFTER + 0.5) / 10, **FAST)
+    prober = spawn(
+        "attempt", name="skewed", tries=10, every=(2 * STALE_AFTER + 0.5) / 10, **FAST
+    )
     for child in (thief, prober):
         offsets[child] = started(child)["time"] - time.time()
     hour = 3600 if skew.startswith("+") else -3600
-    for child, expected in ((holder, 0), (skewed_holder, hour), (thief, hour), (prober, 0)):
-        assert abs(offsets[child] - expected) < 60, "the clock of %s is %+.0f s off" % (child, offsets[child])
+    for child, expected in (
+        (holder, 0),
+        (skewed_holder, hour),
+        (thief, hour),
+        (prober, 0),
+    ):
+        assert abs(offsets[child] - expected) < 60, "the clock of %s is %+.0f s off" % (
+            child,
+            offsets[child],
+        )
     assert [r["got"] for r in thief.expect("attempts", 30)["results"]] == [False]
     assert [r["got"] for r in prober.expect("attempts", 60)["results"]] == [False] * 10
     for child in (holder, skewed_holder):
         child.send("status")
-        assert child.expect("status", 10) == {"event": "status", "lost": False, "held": True}
+        assert child.expect("status", 10) == {
+            "event": "status",
+            "lost": False,
+            "held": True,
+        }
         child.send("release")
         assert child.expect("exit", 10)["exc"] is None
 
@@ -431,7 +499,9 @@ def test_clock_skew_neither_steals_nor_loses(spawn, skew):
 # ---- Termination ----
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
+)
 def test_signal_releases_the_command_lock_to_a_waiter(spawn, signum):
     holder = spawn.command("fault_hold")
     holder.expect("started", 60)
@@ -454,7 +524,9 @@ def test_signal_releases_the_command_lock_to_a_waiter(spawn, signum):
 def test_busy_sqlite_never_escapes(spawn):
     if vendor() != "sqlite":
         pytest.skip("a SQLite fault: only SQLite returns 'database is locked'")
-    children = [spawn("contention", shared="busy", seconds=4, wait=5) for _ in range(CONTENDERS)]
+    children = [
+        spawn("contention", shared="busy", seconds=4, wait=5) for _ in range(CONTENDERS)
+    ]
     for child in children:
         started(child)
     for child in children:
@@ -475,14 +547,18 @@ def test_busy_sqlite_is_retried_within_wait(spawn):
     busy_for = 6.5  # past Python's default busy timeout of 5 s
     writer = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
     try:
-        writer.execute("BEGIN IMMEDIATE")  # the write lock, as a long write transaction holds it
+        writer.execute(
+            "BEGIN IMMEDIATE"
+        )  # the write lock, as a long write transaction holds it
         child = spawn("attempt", name="busy-wait", wait=busy_for + 5)
         started(child)  # Django is up (no query yet); its acquire comes next
         threading.Event().wait(busy_for)  # the fault's duration, not a hope
         writer.execute("COMMIT")
         results = child.expect("attempts", 30)["results"]
         assert [r["got"] for r in results] == [True], child.err()
-        assert results[0]["took"] > 5.0  # the busy timeout ran out at least once: retried
+        assert (
+            results[0]["took"] > 5.0
+        )  # the busy timeout ran out at least once: retried
         assert child.wait() == 0, child.err()
     finally:
         writer.close()
@@ -503,13 +579,16 @@ def test_no_threads_or_connections_leak(spawn):
 
 # ---- Bad input ----
 
-CHARACTERS = st.integers(0, 0x10FFFF).map(chr)  # every code point: controls, surrogates, emoji
+CHARACTERS = st.integers(0, 0x10FFFF).map(
+    chr
+)  # every code point: controls, surrogates, emoji
 NAMES = st.one_of(
     st.text(max_size=300),
     st.lists(CHARACTERS, max_size=20).map("".join),
-    st.tuples(st.sampled_from(["é", "😀", "日", "a", "\x01", " ", "\u0301"]), st.integers(250, 257)).map(
-        lambda pair: pair[0] * pair[1]
-    ),
+    st.tuples(
+        st.sampled_from(["é", "😀", "日", "a", "\x01", " ", "\u0301"]),
+        st.integers(250, 257),
+    ).map(lambda pair: pair[0] * pair[1]),
     st.binary(max_size=5),
     st.none(),
     st.integers(),
@@ -529,7 +608,12 @@ def invalid(name):
     return None
 
 
-@settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(name=NAMES)
 @example(name="é" * 255)
 @example(name="😀" * 255)
@@ -539,7 +623,9 @@ def invalid(name):
 @example(name="")
 @example(name=" trailing ")
 @example(name="\x01\x1f\x7f\n\t")
-def test_fuzzed_names_work_or_raise_value_error_before_any_query(transactional_db, name):
+def test_fuzzed_names_work_or_raise_value_error_before_any_query(
+    transactional_db, name
+):
     if invalid(name):
         with CaptureQueriesContext(connection) as queries:
             with pytest.raises(ValueError):
@@ -576,7 +662,9 @@ def test_bad_setting_fails_manage_py_check(bad, check_id):
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.worker", "check", json.dumps({"settings": bad})],
         cwd=ROOT,
-        env=dict(os.environ, MARATHON_TEST_CHILD="1", PYTHONPATH=os.pathsep.join(pythonpath)),
+        env=dict(
+            os.environ, MARATHON_TEST_CHILD="1", PYTHONPATH=os.pathsep.join(pythonpath)
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         universal_newlines=True,

@@ -12,6 +12,7 @@
 The forking processes are real ones (tests/fork_child.py), in a session of
 their own so that a hung grandchild is killed with them.
 """
+
 import json
 import multiprocessing
 import os
@@ -37,15 +38,23 @@ def run_fork_child(action, *args, **kwargs):
     """Run `python -m tests.fork_child ACTION ARGS` (bounded); assert it succeeded; return its JSON facts."""
     timeout = kwargs.pop("timeout", 60)
     process = start_python(
-        ["-m", "tests.fork_child", action] + [str(arg) for arg in args], start_new_session=True
+        ["-m", "tests.fork_child", action] + [str(arg) for arg in args],
+        start_new_session=True,
     )
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # with its forked children, which hold our pipes
+        os.killpg(
+            process.pid, signal.SIGKILL
+        )  # with its forked children, which hold our pipes
         out, err = process.communicate()
         pytest.fail("%s did not end within %s s:\n%s\n%s" % (action, timeout, out, err))
-    assert process.returncode == 0, "%s failed (%s):\n%s\n%s" % (action, process.returncode, out, err)
+    assert process.returncode == 0, "%s failed (%s):\n%s\n%s" % (
+        action,
+        process.returncode,
+        out,
+        err,
+    )
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -53,8 +62,17 @@ def describe(failure):
     """A failed child of the fork storm, for people: which, how, and its traceback if it had one."""
     facts = dict(failure.get("facts") or {})
     error = facts.pop("error", "")
-    how = "hung (killed after 10 s)" if failure.get("hung") else "ended with status %s" % failure.get("status")
-    return "child %s %s %s\n%s" % (failure["child"], how, json.dumps(facts) if facts else "", error)
+    how = (
+        "hung (killed after 10 s)"
+        if failure.get("hung")
+        else "ended with status %s" % failure.get("status")
+    )
+    return "child %s %s %s\n%s" % (
+        failure["child"],
+        how,
+        json.dumps(facts) if facts else "",
+        error,
+    )
 
 
 def test_forked_child_does_not_hold_its_parents_lock():
@@ -101,7 +119,9 @@ def test_fork_while_the_heartbeat_thread_is_mid_beat():
     took its snapshot of the holds), a forked child takes and releases its own lock within 10 s; the
     parent's heartbeat resumes and its release returns True."""
     facts = run_fork_child("fork-mid-beat")
-    assert facts["hook_called"] is True, "marathon._hook was never called at 'heartbeat.beat': %s" % facts
+    assert facts["hook_called"] is True, (
+        "marathon._hook was never called at 'heartbeat.beat': %s" % facts
+    )
     assert facts["child_exit"] == 0, "the child hung or failed: %s" % facts
     assert facts["child"] == {"acquired": True, "released": True}, facts
     assert facts["heartbeat_advances"] is True, facts
@@ -117,7 +137,9 @@ def test_taking_a_lock_leaves_a_closed_connection_closed():
     assert lock.release() is True
     assert connection.connection is None, "release() left Django's connection open"
     with Marathon("closed-connection", **FAST):
-        assert connection.connection is None, "with Marathon(...) left Django's connection open"
+        assert connection.connection is None, (
+            "with Marathon(...) left Django's connection open"
+        )
     assert connection.connection is None
 
 
@@ -132,7 +154,8 @@ def test_taking_a_lock_leaves_an_open_connection_open():
 
 
 @pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method"
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
 )
 def test_command_that_forks_a_multiprocessing_pool_finishes():
     """A SingleRunnerCommand whose handle() runs a fork Pool of 2 workers, each making ORM and
@@ -142,5 +165,8 @@ def test_command_that_forks_a_multiprocessing_pool_finishes():
     results = facts["results"]
     assert results is not None, facts
     assert len({result["pid"] for result in results}) == 2, facts
-    assert [(result["locks"], result["one"]) for result in results] == [(1, 1), (1, 1)], facts
+    assert [(result["locks"], result["one"]) for result in results] == [
+        (1, 1),
+        (1, 1),
+    ], facts
     assert not Lock.objects.exists()

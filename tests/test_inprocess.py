@@ -4,6 +4,7 @@ Thread interleavings are forced through marathon's test seam (`marathon._hook`,
 called at named points), not hoped for; a bounded churn runs on top. Each test
 names the item of issue 8 it checks.
 """
+
 import datetime
 import logging
 import subprocess
@@ -19,7 +20,15 @@ from django.test import override_settings
 from django.utils import timezone
 
 import marathon
-from marathon import AlreadyRunning, Lock, LockLost, Marathon, SingleRunner, lock_acquired, lock_lost
+from marathon import (
+    AlreadyRunning,
+    Lock,
+    LockLost,
+    Marathon,
+    SingleRunner,
+    lock_acquired,
+    lock_lost,
+)
 from tests.fixtures_lock import child_env, heartbeat_threads, start_python, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,9 +44,17 @@ def row(name):
 def beaten(name, timeout=BOUND):
     """Wait until the heartbeat refreshes `name`'s row twice more; fail if it never does."""
     first = row(name).heartbeat_at
-    wait_for(lambda: row(name) and row(name).heartbeat_at > first, timeout, "a heartbeat of %r" % name)
+    wait_for(
+        lambda: row(name) and row(name).heartbeat_at > first,
+        timeout,
+        "a heartbeat of %r" % name,
+    )
     second = row(name).heartbeat_at
-    wait_for(lambda: row(name) and row(name).heartbeat_at > second, timeout, "a second heartbeat of %r" % name)
+    wait_for(
+        lambda: row(name) and row(name).heartbeat_at > second,
+        timeout,
+        "a second heartbeat of %r" % name,
+    )
     return True
 
 
@@ -92,7 +109,9 @@ def test_release_between_due_and_beat_keeps_the_heartbeat_alive(caplog):
     with seam("heartbeat.beat") as stopped:
         assert first.acquire()
         assert stopped.reached.wait(BOUND), "no beat became due"
-        assert first.release()  # while the heartbeat stands between its snapshot and its UPDATE
+        assert (
+            first.release()
+        )  # while the heartbeat stands between its snapshot and its UPDATE
         stopped.go.set()
     second = Marathon("after-the-race", **FAST)
     assert second.acquire()
@@ -113,7 +132,9 @@ def test_acquire_while_the_idle_heartbeat_decides_to_end_is_beaten(monkeypatch):
         assert lock.acquire()
         assert lock.release()
         assert stopped.reached.wait(BOUND)
-        threading.Event().wait(0.1)  # past the linger: the thread will decide to end when let go
+        threading.Event().wait(
+            0.1
+        )  # past the linger: the thread will decide to end when let go
         late = Marathon("joins-late", **FAST)
         assert late.acquire()
         stopped.go.set()
@@ -144,7 +165,9 @@ def test_a_heartbeat_thread_that_cannot_start_leaves_no_row():
 def test_a_heartbeat_thread_that_dies_hands_its_holds_on(monkeypatch):
     """Even an exception nobody expects (here SystemExit in the thread) leaves no hold unbeaten."""
     died = []
-    monkeypatch.setattr(threading, "excepthook", died.append, raising=False)  # Python 3.8+ reports it there
+    monkeypatch.setattr(
+        threading, "excepthook", died.append, raising=False
+    )  # Python 3.8+ reports it there
 
     def die():
         raise SystemExit("the heartbeat thread dies")
@@ -184,7 +207,9 @@ def test_churn_of_many_threads_leaves_every_hold_beaten():
             sum(range(1000))
 
     sys.setswitchinterval(1e-6)
-    threads = [threading.Thread(target=churn, args=(i,)) for i in range(3)] + [threading.Thread(target=busy)]
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(3)] + [
+        threading.Thread(target=busy)
+    ]
     try:
         for thread in threads:
             thread.start()
@@ -260,7 +285,9 @@ def test_a_slow_loss_handler_does_not_stall_other_locks(slow):
     healthy = Marathon("healthy", **FAST)
     try:
         assert doomed.acquire() and healthy.acquire()
-        Lock.objects.using("default").filter(name="doomed").delete()  # an operator releases it
+        Lock.objects.using("default").filter(
+            name="doomed"
+        ).delete()  # an operator releases it
         assert entered.wait(BOUND), "the loss was never reported"
         assert doomed.lost
         assert beaten("healthy")  # while the handler is still blocked
@@ -278,7 +305,13 @@ def test_a_slow_loss_handler_does_not_stall_other_locks(slow):
 def _planted(name, age, stale_after):
     """A row as a live holder leaves it: its last heartbeat `age` seconds ago, by this host's clock."""
     then = timezone.now() - datetime.timedelta(seconds=age)
-    lock = Lock(name=name, owner="elsewhere:1", token="t" * 32, heartbeat_at=then, stale_after=stale_after)
+    lock = Lock(
+        name=name,
+        owner="elsewhere:1",
+        token="t" * 32,
+        heartbeat_at=then,
+        stale_after=stale_after,
+    )
     lock.save(using="default")
     Lock.objects.using("default").filter(pk=lock.pk).update(locked_at=then)
     return lock
@@ -304,7 +337,9 @@ def test_operators_judge_a_row_by_its_own_stale_after():
     _planted("long-lived", age=3, stale_after=30)
     _planted("short-lived", age=3, stale_after=2)
     with override_settings(MARATHON_STALE_AFTER=1):
-        queryset = marathon._with_state(Lock.objects.using("default").order_by("name"), connection.vendor)
+        queryset = marathon._with_state(
+            Lock.objects.using("default").order_by("name"), connection.vendor
+        )
         states = {lock.name: marathon._state(lock, 1) for lock in queryset}
         assert states == {"long-lived": "running", "short-lived": "stale"}
         stale = [lock for lock in queryset if marathon._state(lock, 1) == "stale"]
@@ -333,6 +368,7 @@ def test_lock_objects_and_0_1_forms_use_marathon_database():
     with override_settings(MARATHON_DATABASE="nowhere"):
         with pytest.raises(ConnectionDoesNotExist):
             Lock.objects.get_or_create(name="elsewhere")
+
         class Job(SingleRunner):
             lock_name = "elsewhere"
 
@@ -356,7 +392,9 @@ def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
         result = execute(sql, params, many, context)
         if not dropped:  # the first statement: the acquire
             dropped.append(sql)
-            context["connection"].connection.close()  # the server committed; the reply is lost
+            context[
+                "connection"
+            ].connection.close()  # the server committed; the reply is lost
             raise InterfaceError("connection already closed")
         return result
 
@@ -366,7 +404,9 @@ def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
         import pymysql
 
         if pymysql.VERSION < (1, 1):
-            pytest.skip("PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable")
+            pytest.skip(
+                "PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable"
+            )
     connection.ensure_connection()
     lock = Marathon("lost-reply", **FAST)
     with connection.execute_wrapper(drop_after_commit):
@@ -388,7 +428,10 @@ def test_submodule_imports_give_marathon_itself():
     import marathon.models as models_module
 
     assert models_module is marathon and models_module.Lock is Lock
-    assert apps_module is marathon and apps_module.MarathonConfig is marathon.MarathonConfig
+    assert (
+        apps_module is marathon
+        and apps_module.MarathonConfig is marathon.MarathonConfig
+    )
     assert commands_module.SingleRunnerCommand is marathon.SingleRunnerCommand
 
 
@@ -399,10 +442,10 @@ def test_mysql_charset_is_what_django_connects_with():
     silent = type(connections["default"])(settings_dict, "default")
     charset = silent.get_connection_params().get("charset")
     if charset == "utf8mb4":  # Django 4.2+ connects with utf8mb4 when OPTIONS is silent
-        marathon._check_name_for(silent, "emoji-\U0001F600")
+        marathon._check_name_for(silent, "emoji-\U0001f600")
     else:
         with pytest.raises(ValueError, match="utf8mb4"):
-            marathon._check_name_for(silent, "emoji-\U0001F600")
+            marathon._check_name_for(silent, "emoji-\U0001f600")
 
 
 def test_release_inside_the_with_block_is_not_a_loss():
@@ -448,14 +491,18 @@ def test_a_release_deferred_past_a_closed_connection_still_happens():
             pass
         connection.close()  # as close_old_connections() does for a broken connection
     close_old_connections()
-    wait_for(lambda: row("closed-in-transaction") is None, BOUND, "the deferred release")
+    wait_for(
+        lambda: row("closed-in-transaction") is None, BOUND, "the deferred release"
+    )
 
 
 def test_a_release_discarded_by_the_garbage_collector_still_happens(monkeypatch):
     """A finalizer run by the cyclic collector must not take locks: the heartbeat sees to it."""
     from django.db import transaction
 
-    monkeypatch.setattr(marathon, "_collecting", True)  # as if the collector discarded it
+    monkeypatch.setattr(
+        marathon, "_collecting", True
+    )  # as if the collector discarded it
     with pytest.raises(RuntimeError):
         with transaction.atomic():
             with Marathon("collected", **FAST):
@@ -463,7 +510,9 @@ def test_a_release_discarded_by_the_garbage_collector_still_happens(monkeypatch)
             raise RuntimeError("roll back")
     monkeypatch.setattr(marathon, "_collecting", False)
     assert row("collected") is not None  # nothing ran during the "collection"
-    wait_for(lambda: row("collected") is None, BOUND, "the heartbeat to have the release run")
+    wait_for(
+        lambda: row("collected") is None, BOUND, "the heartbeat to have the release run"
+    )
 
 
 def test_autocommit_false_in_databases_still_commits_every_lock_statement():
@@ -475,11 +524,22 @@ def test_autocommit_false_in_databases_still_commits_every_lock_statement():
         "import sys; sys.stdout.flush(); sys.stdin.readline()\n"
         "print(json.dumps([lock.held, lock.release()]))\n"
     )
-    child = start_python(["-c", code], env=child_env(MARATHON_TEST_AUTOCOMMIT="0"), stdin=subprocess.PIPE)
+    child = start_python(
+        ["-c", code], env=child_env(MARATHON_TEST_AUTOCOMMIT="0"), stdin=subprocess.PIPE
+    )
     try:
         assert child.stdout.readline().strip() == "true"
-        assert row("manual-transactions") is not None  # committed: another process sees it
-        wait_for(lambda: row("manual-transactions").heartbeat_at > row("manual-transactions").locked_at, BOUND, "a beat")
+        assert (
+            row("manual-transactions") is not None
+        )  # committed: another process sees it
+        wait_for(
+            lambda: (
+                row("manual-transactions").heartbeat_at
+                > row("manual-transactions").locked_at
+            ),
+            BOUND,
+            "a beat",
+        )
         out, err = child.communicate("go\n", timeout=BOUND)
     finally:
         if child.poll() is None:
@@ -500,7 +560,9 @@ def test_a_hold_taken_while_a_beat_hangs_is_lost_by_its_own_deadline():
         assert short.acquire()
         taken = time.monotonic()
         wait_for(lambda: short.lost, BOUND, "the short hold to be lost")
-        assert time.monotonic() - taken < 1.0 + 0.5  # by its deadline, not the long hold's
+        assert (
+            time.monotonic() - taken < 1.0 + 0.5
+        )  # by its deadline, not the long hold's
         assert not long.lost
         stuck.go.set()
     assert long.release()
@@ -517,7 +579,12 @@ def test_a_loss_found_by_the_release_is_reported_as_a_loss():
     called = threading.Event()
     try:
         with pytest.raises(LockLost):
-            with Marathon("gone-at-release", on_lost=lambda lock: called.set(), heartbeat=5, stale_after=60):
+            with Marathon(
+                "gone-at-release",
+                on_lost=lambda lock: called.set(),
+                heartbeat=5,
+                stale_after=60,
+            ):
                 Lock.objects.using("default").filter(name="gone-at-release").delete()
         assert called.wait(BOUND)
         wait_for(lambda: reported == ["gone-at-release"], BOUND, "lock_lost")

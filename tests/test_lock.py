@@ -1,4 +1,5 @@
 """The Marathon lock: acquire, release, wait, heartbeat, takeover, loss, transactions."""
+
 import datetime
 import json
 import logging
@@ -40,7 +41,10 @@ def holder(tmp_path):
     children = []
 
     def start(name, heartbeat=0.2, stale_after=2.0):
-        ready, release = str(tmp_path / ("ready-%d" % len(children))), str(tmp_path / ("release-%d" % len(children)))
+        ready, release = (
+            str(tmp_path / ("ready-%d" % len(children))),
+            str(tmp_path / ("release-%d" % len(children))),
+        )
         child = start_child("hold", name, ready, release, heartbeat, stale_after)
         children.append((child, release))
         info = json.loads(wait_for_file(ready, process=child))
@@ -109,7 +113,9 @@ def test_wait_polls_until_another_process_releases(holder):
 
     def release_soon():
         started.wait(5)
-        threading.Event().wait(0.3)  # let the waiter fail at least once (a pass does not depend on it)
+        threading.Event().wait(
+            0.3
+        )  # let the waiter fail at least once (a pass does not depend on it)
         info["release"]()
 
     helper = threading.Thread(target=release_soon)
@@ -216,7 +222,10 @@ def test_fence_increases_with_every_acquisition(holder):
 
 def test_fence_increases_across_a_takeover():
     stale = Lock.objects.create(
-        name="taken", owner="dead:1", token="0" * 32, heartbeat_at=timezone.now() - datetime.timedelta(hours=1)
+        name="taken",
+        owner="dead:1",
+        token="0" * 32,
+        heartbeat_at=timezone.now() - datetime.timedelta(hours=1),
     )
     with Marathon("taken", **FAST) as lock:
         assert lock.fence > stale.pk
@@ -230,7 +239,11 @@ def test_heartbeat_refreshes_heartbeat_at_with_the_database_clock():
     with Marathon("beating", **FAST):
         first = row("beating").heartbeat_at
         later = wait_for(
-            lambda: row("beating").heartbeat_at if row("beating").heartbeat_at > first else None,
+            lambda: (
+                row("beating").heartbeat_at
+                if row("beating").heartbeat_at > first
+                else None
+            ),
             timeout=3,
             what="a heartbeat",
         )
@@ -242,9 +255,15 @@ def test_setting_read_when_used_changes_the_heartbeat_of_a_new_acquire():
     with override_settings(MARATHON_HEARTBEAT=0.1, MARATHON_STALE_AFTER=0.5):
         with lock:
             first = row("configured").heartbeat_at
-            wait_for(lambda: row("configured").heartbeat_at > first, timeout=3, what="a 0.1 s heartbeat")
+            wait_for(
+                lambda: row("configured").heartbeat_at > first,
+                timeout=3,
+                what="a 0.1 s heartbeat",
+            )
     # A lingering heartbeat thread may beat once early for a new lock; start afresh.
-    wait_for(lambda: not heartbeat_threads(), timeout=3, what="the heartbeat thread to end")
+    wait_for(
+        lambda: not heartbeat_threads(), timeout=3, what="the heartbeat thread to end"
+    )
     with override_settings(MARATHON_HEARTBEAT=5, MARATHON_STALE_AFTER=10):
         with lock:
             first = row("configured").heartbeat_at
@@ -257,7 +276,10 @@ def test_setting_read_when_used_changes_the_heartbeat_of_a_new_acquire():
 
 def test_takes_over_a_stale_lock():
     Lock.objects.create(
-        name="stale", owner="dead:1", token="0" * 32, heartbeat_at=timezone.now() - datetime.timedelta(seconds=30)
+        name="stale",
+        owner="dead:1",
+        token="0" * 32,
+        heartbeat_at=timezone.now() - datetime.timedelta(seconds=30),
     )
     lock = Marathon("stale", heartbeat=1, stale_after=10)
     assert lock.acquire()
@@ -276,14 +298,18 @@ def test_takes_over_from_a_killed_process(holder):
 
 
 def test_never_takes_over_a_fresh_lock():
-    Lock.objects.create(name="fresh", owner="alive:1", token="0" * 32, heartbeat_at=db_now())
+    Lock.objects.create(
+        name="fresh", owner="alive:1", token="0" * 32, heartbeat_at=db_now()
+    )
     assert Marathon("fresh", heartbeat=1, stale_after=30).acquire() is False
     assert row("fresh").owner == "alive:1"
 
 
 def test_never_takes_over_a_lock_made_by_hand():
     Lock.objects.get_or_create(name="manual")
-    Lock.objects.filter(name="manual").update(locked_at=timezone.now() - datetime.timedelta(days=1))
+    Lock.objects.filter(name="manual").update(
+        locked_at=timezone.now() - datetime.timedelta(days=1)
+    )
     with pytest.raises(AlreadyRunning) as caught:
         with Marathon("manual", wait=0.6, **FAST):
             pass
@@ -302,14 +328,18 @@ def test_deleted_row_is_reported_lost_once(caplog):
             with lock:
                 Lock.objects.filter(name="deleted").delete()
                 wait_for(lambda: lock.lost, timeout=3, what="loss")
-                wait_for(lambda: calls, timeout=3, what="on_lost")  # called just after the flag is set
+                wait_for(
+                    lambda: calls, timeout=3, what="on_lost"
+                )  # called just after the flag is set
                 assert not lock.held
                 with pytest.raises(LockLost):
                     lock.check()
                 threading.Event().wait(0.3)  # three more heartbeats: still one call
     assert calls == [lock]
     assert caught.value.name == "deleted"
-    errors = [r for r in caplog.records if r.name == "marathon" and r.levelno == logging.ERROR]
+    errors = [
+        r for r in caplog.records if r.name == "marathon" and r.levelno == logging.ERROR
+    ]
     assert len(errors) == 1 and "deleted" in errors[0].getMessage()
 
 
@@ -329,7 +359,9 @@ def test_check_is_quiet_while_held():
 
 
 def test_holder_never_touches_the_row_of_the_next_holder():
-    old = Marathon("handover", heartbeat=5, stale_after=10)  # its heartbeat will not notice in time
+    old = Marathon(
+        "handover", heartbeat=5, stale_after=10
+    )  # its heartbeat will not notice in time
     assert old.acquire()
     Lock.objects.filter(name="handover").delete()
     new = Marathon("handover", **FAST)
@@ -363,7 +395,9 @@ def test_release_in_atomic_is_not_undone_by_a_rollback():
     assert lock.acquire()
     with pytest.raises(RuntimeError):
         with transaction.atomic():
-            if not SQLITE:  # on SQLite even a read here would block the release's commit
+            if (
+                not SQLITE
+            ):  # on SQLite even a read here would block the release's commit
                 Lock.objects.create(name="written-in-atomic")
             assert lock.release()
             raise RuntimeError
@@ -372,7 +406,8 @@ def test_release_in_atomic_is_not_undone_by_a_rollback():
 
 
 @pytest.mark.skipif(
-    SQLITE, reason="SQLite has one writer: a transaction that read or wrote blocks the lock's own connection"
+    SQLITE,
+    reason="SQLite has one writer: a transaction that read or wrote blocks the lock's own connection",
 )
 def test_acquire_after_a_write_in_atomic_is_still_independent():
     lock = Marathon("after-write", **FAST)
@@ -487,13 +522,19 @@ def only_our_session():
     """
     connection.ensure_connection()
     if server_connections() is not None:
-        wait_for(lambda: server_connections() == 1, timeout=3, what="other sessions to end")
+        wait_for(
+            lambda: server_connections() == 1, timeout=3, what="other sessions to end"
+        )
         return True
     return False
 
 
 def test_heartbeat_thread_and_its_connection_end_after_release():
-    wait_for(lambda: not heartbeat_threads(), timeout=3, what="earlier heartbeat threads to end")
+    wait_for(
+        lambda: not heartbeat_threads(),
+        timeout=3,
+        what="earlier heartbeat threads to end",
+    )
     counted = only_our_session()
     lock = Marathon("tidy", **FAST)
     assert lock.acquire()
@@ -503,23 +544,43 @@ def test_heartbeat_thread_and_its_connection_end_after_release():
     if counted:
         assert server_connections() == 2  # the heartbeat's own connection
     assert lock.release()
-    wait_for(lambda: not heartbeat_threads(), timeout=3, what="the heartbeat thread to end")
+    wait_for(
+        lambda: not heartbeat_threads(), timeout=3, what="the heartbeat thread to end"
+    )
     if counted:
-        wait_for(lambda: server_connections() == 1, timeout=3, what="the heartbeat connection to close")
+        wait_for(
+            lambda: server_connections() == 1,
+            timeout=3,
+            what="the heartbeat connection to close",
+        )
 
 
 def test_one_heartbeat_thread_serves_several_locks():
-    with Marathon("many-1", **FAST), Marathon("many-2", **FAST), Marathon("many-3", **FAST):
+    with Marathon("many-1", **FAST), Marathon("many-2", **FAST), Marathon(
+        "many-3", **FAST
+    ):
         assert len(heartbeat_threads()) == 1
 
 
 @pytest.mark.skipif(SQLITE, reason="SQLite has no server sessions to count")
 def test_acquire_and_release_in_atomic_leave_no_connection_open():
-    wait_for(lambda: not heartbeat_threads(), timeout=3, what="earlier heartbeat threads to end")
+    wait_for(
+        lambda: not heartbeat_threads(),
+        timeout=3,
+        what="earlier heartbeat threads to end",
+    )
     only_our_session()
     lock = Marathon("private", heartbeat=5, stale_after=10)
     with transaction.atomic():
         assert lock.acquire()  # on a private connection, closed at once
-        wait_for(lambda: server_connections() == 1, timeout=3, what="the acquire's connection to close")
+        wait_for(
+            lambda: server_connections() == 1,
+            timeout=3,
+            what="the acquire's connection to close",
+        )
         assert lock.release()
-        wait_for(lambda: server_connections() == 1, timeout=3, what="the release's connection to close")
+        wait_for(
+            lambda: server_connections() == 1,
+            timeout=3,
+            what="the release's connection to close",
+        )

@@ -1,4 +1,5 @@
 """Migrations: a 0.1 database upgrades in place; names are exact; no model change lacks a migration."""
+
 import io
 
 import pytest
@@ -12,6 +13,7 @@ from marathon import AlreadyRunning, Lock, Marathon
 from tests.fixtures_lock import child_env, run_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
 
 def latest():
     """The app's last migration, whatever it is: tests after these need the whole schema."""
@@ -36,7 +38,12 @@ def at_0_1():
 
 def columns():
     with connection.cursor() as cursor:
-        return sorted(c.name for c in connection.introspection.get_table_description(cursor, "marathon_lock"))
+        return sorted(
+            c.name
+            for c in connection.introspection.get_table_description(
+                cursor, "marathon_lock"
+            )
+        )
 
 
 def test_a_0_1_database_keeps_its_rows_and_they_are_manual_locks(at_0_1):
@@ -47,7 +54,15 @@ def test_a_0_1_database_keeps_its_rows_and_they_are_manual_locks(at_0_1):
             ["old-task", connection.ops.adapt_datetimefield_value(timezone.now())],
         )
     migrate(latest())
-    assert columns() == ["heartbeat_at", "id", "locked_at", "name", "owner", "stale_after", "token"]
+    assert columns() == [
+        "heartbeat_at",
+        "id",
+        "locked_at",
+        "name",
+        "owner",
+        "stale_after",
+        "token",
+    ]
     old = Lock.objects.get(name="old-task")
     assert old.heartbeat_at is None and old.owner == "" and old.token == ""
     with pytest.raises(AlreadyRunning) as caught:
@@ -133,11 +148,23 @@ def sqlmigrate(*args):
 @pytest.mark.parametrize(
     "migration, created, dropped",
     [
-        ("0003", ["marathon_acquire(lock_name text, lock_owner text, lock_token text)"], ["marathon_acquire(text"]),
+        (
+            "0003",
+            ["marathon_acquire(lock_name text, lock_owner text, lock_token text)"],
+            ["marathon_acquire(text"],
+        ),
         (
             "0004",
-            ["marathon_acquire(\n", "marathon_release(lock_id bigint", "marathon_beat(lock_ids bigint[]"],
-            ["marathon_acquire(text", "marathon_release(bigint", "marathon_beat(bigint[]"],
+            [
+                "marathon_acquire(\n",
+                "marathon_release(lock_id bigint",
+                "marathon_beat(lock_ids bigint[]",
+            ],
+            [
+                "marathon_acquire(text",
+                "marathon_release(bigint",
+                "marathon_beat(bigint[]",
+            ],
         ),
     ],
 )
@@ -152,14 +179,18 @@ def test_sqlmigrate_shows_the_postgresql_functions(migration, created, dropped):
             assert "DROP FUNCTION IF EXISTS " + function in backwards
     else:
         assert "FUNCTION" not in forwards + backwards
-        assert "-- Nothing to do on " in forwards and "-- Nothing to do on " in backwards
+        assert (
+            "-- Nothing to do on " in forwards and "-- Nothing to do on " in backwards
+        )
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
 def test_migrations_create_and_drop_the_functions_on_postgresql():
     def functions():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT oid::regprocedure::text FROM pg_proc WHERE proname LIKE 'marathon%' ORDER BY 1")
+            cursor.execute(
+                "SELECT oid::regprocedure::text FROM pg_proc WHERE proname LIKE 'marathon%' ORDER BY 1"
+            )
             return [row[0] for row in cursor.fetchall()]
 
     try:
@@ -183,9 +214,13 @@ def test_run_sql_on_serializes_for_squashmigrations():
 
     from marathon_migrations import RunSQLOn
 
-    operation = RunSQLOn("postgresql", ["SELECT 1"], ["SELECT 2"], description="Select one")
+    operation = RunSQLOn(
+        "postgresql", ["SELECT 1"], ["SELECT 2"], description="Select one"
+    )
     text, imports = OperationWriter(operation, indentation=0).serialize()
-    assert text.startswith("marathon_migrations.RunSQLOn(") and imports == {"import marathon_migrations"}
+    assert text.startswith("marathon_migrations.RunSQLOn(") and imports == {
+        "import marathon_migrations"
+    }
     _, args, kwargs = operation.deconstruct()
     again = RunSQLOn(*args, **kwargs)
     assert (again.vendor, again.sql, again.reverse_sql, again.describe()) == (

@@ -3,6 +3,7 @@
 Every run below is a real process (tests/fixtures_lock.py's "interval" action)
 unless the test needs the lock object itself.
 """
+
 import datetime
 import json
 import os
@@ -10,11 +11,27 @@ import re
 import signal
 
 import pytest
-from django.utils.dateparse import parse_datetime
 from django.db import connection
+from django.utils.dateparse import parse_datetime
 
-from marathon import AlreadyRunning, LastRun, Lock, LockLost, Marathon, RanRecently, lock_acquired
-from tests.fixtures_lock import child_env, finish, run_command, run_python, start_child, wait_for, wait_for_file
+from marathon import (
+    AlreadyRunning,
+    LastRun,
+    Lock,
+    LockLost,
+    Marathon,
+    RanRecently,
+    lock_acquired,
+)
+from tests.fixtures_lock import (
+    child_env,
+    finish,
+    run_command,
+    run_python,
+    start_child,
+    wait_for,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,7 +40,8 @@ FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 def run_once(name, min_interval=60, outcome="ok", env=None):
     code, out, err = run_python(
-        ["-m", "tests.fixtures_lock", "interval", name, str(min_interval), outcome], env=env
+        ["-m", "tests.fixtures_lock", "interval", name, str(min_interval), outcome],
+        env=env,
     )
     assert code == 0, err
     return json.loads(out)
@@ -39,17 +57,30 @@ def test_a_second_host_inside_the_interval_skips_with_ran_recently():
     assert first["ran"] and not second["ran"]
     assert second["owner"] == first["owner"]
     record = last_run("nightly")
-    assert record.outcome == "ok" and record.owner == first["owner"] and record.fence == first["fence"]
+    assert (
+        record.outcome == "ok"
+        and record.owner == first["owner"]
+        and record.fence == first["fence"]
+    )
     assert record.duration is not None and record.duration >= 0
     assert parse_datetime(second["finished_at"]) == record.finished_at
-    assert "'nightly' ran recently" in second["message"] and first["owner"] in second["message"]
+    assert (
+        "'nightly' ran recently" in second["message"]
+        and first["owner"] in second["message"]
+    )
     assert "the next may start" in second["message"]
-    assert not Lock.objects.using("default").filter(name="nightly").exists()  # the refused acquire left nothing
+    assert (
+        not Lock.objects.using("default").filter(name="nightly").exists()
+    )  # the refused acquire left nothing
 
 
 def test_after_the_interval_the_next_run_runs():
     assert run_once("short-period", min_interval=1)["ran"]
-    wait_for(lambda: _age(last_run("short-period")) > 1.0, 5, "the period to pass by the database's clock")
+    wait_for(
+        lambda: _age(last_run("short-period")) > 1.0,
+        5,
+        "the period to pass by the database's clock",
+    )
     assert run_once("short-period", min_interval=1)["ran"]
 
 
@@ -96,9 +127,15 @@ def test_an_abandoned_run_does_not_count_and_the_taker_knows(tmp_path):
 
     lock_acquired.connect(receiver)
     try:
-        with Marathon("crashed", wait=10, heartbeat=0.2, stale_after=1.0, min_interval=60) as lock:
+        with Marathon(
+            "crashed", wait=10, heartbeat=0.2, stale_after=1.0, min_interval=60
+        ) as lock:
             record = last_run("crashed")
-            assert record.outcome == "abandoned" and record.owner == facts["owner"] and record.fence == facts["fence"]
+            assert (
+                record.outcome == "abandoned"
+                and record.owner == facts["owner"]
+                and record.fence == facts["fence"]
+            )
             assert lock.fence > facts["fence"]
     finally:
         lock_acquired.disconnect(receiver)
@@ -155,19 +192,27 @@ def test_hosts_racing_for_one_period_run_once():
 @pytest.mark.parametrize("skews", [("+1h", "-1h"), ("-1h", "+1h")])
 def test_skewed_clocks_get_the_same_answers(skews):
     if connection.vendor == "sqlite":
-        pytest.skip("SQLite's clock is each process's clock: hosts must share one (see the README)")
+        pytest.skip(
+            "SQLite's clock is each process's clock: hosts must share one (see the README)"
+        )
     if not os.path.exists(FAKETIME):
         pytest.skip("libfaketime is not installed (%s)" % FAKETIME)
 
     def skewed(skew):
-        return child_env(LD_PRELOAD=FAKETIME, FAKETIME=skew, FAKETIME_DONT_FAKE_MONOTONIC="1")
+        return child_env(
+            LD_PRELOAD=FAKETIME, FAKETIME=skew, FAKETIME_DONT_FAKE_MONOTONIC="1"
+        )
 
     name = "skewed-%s" % skews[0]
     assert run_once(name, env=skewed(skews[0]))["ran"]
     assert not run_once(name, env=skewed(skews[1]))["ran"]
     assert not run_once(name)["ran"]
     assert run_once(name + "-short", min_interval=1, env=skewed(skews[0]))["ran"]
-    wait_for(lambda: _age(last_run(name + "-short")) > 1.0, 5, "the period to pass by the database's clock")
+    wait_for(
+        lambda: _age(last_run(name + "-short")) > 1.0,
+        5,
+        "the period to pass by the database's clock",
+    )
     assert run_once(name + "-short", min_interval=1, env=skewed(skews[1]))["ran"]
 
 
@@ -189,7 +234,9 @@ def test_a_failed_command_run_does_not_count():
 
 
 def test_min_interval_must_be_positive():
-    with pytest.raises(ValueError, match="min_interval must be a positive number of seconds"):
+    with pytest.raises(
+        ValueError, match="min_interval must be a positive number of seconds"
+    ):
         Marathon("x", min_interval=0)
 
 
@@ -205,14 +252,23 @@ def test_the_admin_lists_each_names_last_run(client):
     page = client.get("/admin/marathon/lastrun/").content.decode()
     texts = [
         re.sub(r"<[^>]+>", " ", row)
-        for row in re.findall(r"<tr[^>]*>((?:(?!</tr>).)*field-outcome(?:(?!</tr>).)*)</tr>", page, re.S)
+        for row in re.findall(
+            r"<tr[^>]*>((?:(?!</tr>).)*field-outcome(?:(?!</tr>).)*)</tr>", page, re.S
+        )
     ]
     rows = {text.split()[0]: text for text in texts}
     assert set(rows) == {"shown-in-admin", "failed-in-admin"}
-    assert "ok" in rows["shown-in-admin"].split() and first["owner"] in rows["shown-in-admin"]
-    assert re.search(r"\d+\.\d s ago", rows["shown-in-admin"]) and re.search(r"\b\d+\.\d s\b", rows["shown-in-admin"])
+    assert (
+        "ok" in rows["shown-in-admin"].split()
+        and first["owner"] in rows["shown-in-admin"]
+    )
+    assert re.search(r"\d+\.\d s ago", rows["shown-in-admin"]) and re.search(
+        r"\b\d+\.\d s\b", rows["shown-in-admin"]
+    )
     assert "error" in rows["failed-in-admin"].split()
-    assert client.get("/admin/marathon/lastrun/add/").status_code == 403  # written by holders only
+    assert (
+        client.get("/admin/marathon/lastrun/add/").status_code == 403
+    )  # written by holders only
 
 
 def test_the_shell_lists_last_runs_beside_the_locks(capsys):
@@ -222,7 +278,20 @@ def test_the_shell_lists_last_runs_beside_the_locks(capsys):
     assert marathon._main(["list"]) == 1  # no lock is held
     out = capsys.readouterr().out.splitlines()
     table = out[out.index("") + 1 :]
-    assert table[0].split() == ["LAST", "RUN", "OF", "OUTCOME", "FINISHED", "DURATION", "BY", "FENCE"]
+    assert table[0].split() == [
+        "LAST",
+        "RUN",
+        "OF",
+        "OUTCOME",
+        "FINISHED",
+        "DURATION",
+        "BY",
+        "FENCE",
+    ]
     row = table[1].split()
-    assert row[0:2] == ["shown-in-shell", "ok"] and first["owner"] in row and row[-1] == str(first["fence"])
+    assert (
+        row[0:2] == ["shown-in-shell", "ok"]
+        and first["owner"] in row
+        and row[-1] == str(first["fence"])
+    )
     assert re.search(r"\d+\.\d s ago", table[1])

@@ -5,6 +5,7 @@ shows that a command line refused, or a help asked for, never reaches the
 database: nothing is listed, and nothing released. What the tool does with
 the database is tested in test_operate.py.
 """
+
 import pytest
 
 import marathon
@@ -55,11 +56,16 @@ def test_help_goes_to_stdout_with_status_0(capsys, argv):
 def test_database_option_before_or_after_the_command_is_not_a_lock_name(capsys, argv):
     code, out, err = run_main(capsys, *argv)
     assert (code, out) == (2, "")
-    assert err == "python -m marathon: error: no database 'other' in DATABASES (default).\n"
+    assert (
+        err
+        == "python -m marathon: error: no database 'other' in DATABASES (default).\n"
+    )
 
 
 def test_without_settings_one_line_says_so(capsys, monkeypatch):
     monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     code, out, err = run_main(capsys, "list")
     assert code == 2 and out == "" and len(err.splitlines()) == 1
-    assert err.startswith("python -m marathon: error: DJANGO_SETTINGS_MODULE is not set")
+    assert err.startswith(
+        "python -m marathon: error: DJANGO_SETTINGS_MODULE is not set"
+    )

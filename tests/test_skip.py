@@ -1,5 +1,6 @@
 """A run that finds its lock held (issue 14): the decorator's quiet skip, a command's skip
 signal, and the times in the skip message, in the project's time zone."""
+
 import asyncio
 import datetime
 import io
@@ -12,9 +13,9 @@ import threading
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon, lock_skipped
@@ -32,7 +33,9 @@ def skips():
     seen = []
 
     def record(sender, **kwargs):
-        seen.append((sender, kwargs["name"], kwargs["reason"], kwargs["owner"], kwargs["fence"]))
+        seen.append(
+            (sender, kwargs["name"], kwargs["reason"], kwargs["owner"], kwargs["fence"])
+        )
 
     lock_skipped.connect(record)
     yield seen
@@ -54,7 +57,9 @@ def test_on_held_skip_returns_none_logs_at_info_and_signals(skips, caplog):
     with Marathon("sync-stock", **FAST) as holder:
         with caplog.at_level(logging.INFO, logger="marathon"):
             assert sync_stock("north") is None
-    assert calls == [] and skips == [(Marathon, "sync-stock", "held", holder.owner, holder.fence)]
+    assert calls == [] and skips == [
+        (Marathon, "sync-stock", "held", holder.owner, holder.fence)
+    ]
     (record,) = [r for r in caplog.records if r.getMessage().startswith("Skipped")]
     assert record.levelno == logging.INFO and holder.owner in record.getMessage()
     assert "'sync-stock' is already running" in record.getMessage()
@@ -63,7 +68,9 @@ def test_on_held_skip_returns_none_logs_at_info_and_signals(skips, caplog):
 
 
 def test_on_held_skip_skips_a_run_too_soon_after_the_last(skips):
-    skip_if_too_soon = Marathon("nightly-report", min_interval=60, **FAST, on_held="skip")
+    skip_if_too_soon = Marathon(
+        "nightly-report", min_interval=60, **FAST, on_held="skip"
+    )
 
     @skip_if_too_soon
     def nightly_report():
@@ -71,7 +78,9 @@ def test_on_held_skip_skips_a_run_too_soon_after_the_last(skips):
 
     assert nightly_report() == "built"
     assert nightly_report() is None
-    assert [skip[1:4] for skip in skips] == [("nightly-report", "ran recently", marathon._owner())]
+    assert [skip[1:4] for skip in skips] == [
+        ("nightly-report", "ran recently", marathon._owner())
+    ]
 
 
 def test_on_held_skip_on_an_async_function(skips):
@@ -95,8 +104,6 @@ def rows_closing(name):
         return Lock.objects.filter(name=name).count()
     finally:
         connection.close()
-
-
 
 
 def test_on_held_skip_holds_the_lock_while_the_function_runs():
@@ -137,7 +144,9 @@ def test_the_default_still_raises_already_running(skips):
 
 
 def test_on_held_must_be_raise_or_skip():
-    with pytest.raises(ValueError, match='on_held must be "raise" or "skip"; got \'ignore\''):
+    with pytest.raises(
+        ValueError, match='on_held must be "raise" or "skip"; got \'ignore\''
+    ):
         Marathon("x", on_held="ignore")
 
 
@@ -150,7 +159,10 @@ def test_a_skipped_command_sends_lock_skipped_with_its_class_a_run_does_not(skip
     call_command("marathon_readme", stdout=io.StringIO())
     assert skips == []
     with Marathon("marathon_readme", **FAST) as holder:
-        assert call_command("marathon_readme", stdout=io.StringIO(), stderr=io.StringIO()) is None
+        assert (
+            call_command("marathon_readme", stdout=io.StringIO(), stderr=io.StringIO())
+            is None
+        )
     assert skips == [(Command, "marathon_readme", "held", holder.owner, holder.fence)]
 
 
@@ -158,7 +170,9 @@ def test_a_skip_with_an_exit_code_sends_lock_skipped_too(skips):
     with Marathon("marathon_exit3", **FAST) as holder:
         with pytest.raises(CommandError):
             call_command("marathon_exit3", stdout=io.StringIO())
-    assert [skip[1:] for skip in skips] == [("marathon_exit3", "held", holder.owner, holder.fence)]
+    assert [skip[1:] for skip in skips] == [
+        ("marathon_exit3", "held", holder.owner, holder.fence)
+    ]
 
 
 # ---- The skip message's times: the project's time zone, labelled ----
@@ -198,7 +212,9 @@ IST = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
 def since(message):
     found = re.search(r" since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\S+) ", message)
     assert found, message
-    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST), found.group(2)
+    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(
+        tzinfo=IST
+    ), found.group(2)
 
 
 def test_skip_message_times_are_in_the_projects_time_zone_without_use_tz():
@@ -211,7 +227,9 @@ def test_skip_message_times_are_in_the_projects_time_zone_without_use_tz():
         stderr=subprocess.PIPE,
         universal_newlines=True,
     )
-    watchdog = threading.Timer(60, child.kill)  # a child that never answers fails the test, not the run
+    watchdog = threading.Timer(
+        60, child.kill
+    )  # a child that never answers fails the test, not the run
     watchdog.start()
     try:
         before = db_now().replace(microsecond=0)
@@ -231,11 +249,20 @@ def test_skip_message_times_are_in_the_projects_time_zone_without_use_tz():
     for message in (held, by_hand):
         when, label = since(message)
         assert label == "IST", message  # not "UTC"
-        assert before <= when <= after, (message, before.astimezone(IST), after.astimezone(IST))
+        assert before <= when <= after, (
+            message,
+            before.astimezone(IST),
+            after.astimezone(IST),
+        )
     assert re.search(r"last heartbeat \S+ \S+ IST\)", held)
-    found = re.search(r" finished (\S+ \S+) IST; the next may start (\S+ \S+) IST ", too_soon)
+    found = re.search(
+        r" finished (\S+ \S+) IST; the next may start (\S+ \S+) IST ", too_soon
+    )
     assert found, too_soon
     finished, next_start = (
-        datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST) for text in found.groups()
+        datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST)
+        for text in found.groups()
     )
-    assert before <= finished <= after and next_start - finished == datetime.timedelta(seconds=60), too_soon
+    assert before <= finished <= after and next_start - finished == datetime.timedelta(
+        seconds=60
+    ), too_soon

@@ -14,6 +14,7 @@ touches nothing global:
   transaction, so the delta counts statements; for the heartbeat,
   pg_stat_user_tables.n_tup_upd of marathon_lock counts the rows it refreshed.
 """
+
 import contextlib
 import re
 import sys
@@ -40,7 +41,7 @@ _MYSQL_COUNTERS = (
     "Com_release_savepoint",
     "Com_rollback_to_savepoint",
 )
-_SLOW = dict(heartbeat=30, stale_after=60)  # no heartbeat during a measurement
+_SLOW = {"heartbeat": 30, "stale_after": 60}  # no heartbeat during a measurement
 
 
 def _targets():
@@ -68,7 +69,9 @@ class _Wire:
     def __call__(self, execute, sql, params, many, context):
         db = context["connection"]
         if not db.get_autocommit() or db.in_atomic_block:
-            self.outside_transactions = False  # the driver would send a BEGIN we do not see
+            self.outside_transactions = (
+                False  # the driver would send a BEGIN we do not see
+            )
         if db.vendor == "sqlite" and db.connection.in_transaction:
             self.outside_transactions = False
         self.times.append(time.monotonic())
@@ -106,7 +109,9 @@ def _pg_read(stats, sql, params):
 def _pg_xacts(db, stats):
     """Flush this session's statistics, then read the test database's transaction counts."""
     with db.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_force_next_flush()")  # flushed before the reply arrives
+        cursor.execute(
+            "SELECT pg_stat_force_next_flush()"
+        )  # flushed before the reply arrives
     return _pg_read(
         stats,
         "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s",
@@ -131,7 +136,9 @@ def _pg_wait_alone(db, stats, pids=None):
             )[0]
         else:
             others = _pg_read(
-                stats, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [list(pids)]
+                stats,
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                [list(pids)],
             )[0]
         if not others:
             return
@@ -147,14 +154,18 @@ def _counted(db):
     wire = _Wire()
     if db.vendor == "sqlite":
         traced = []
-        db.connection.set_trace_callback(lambda sql: traced.append(sql))  # Python 3.6 needs a hashable callback
+        db.connection.set_trace_callback(
+            lambda sql: traced.append(sql)
+        )  # Python 3.6 needs a hashable callback
         try:
             with db.execute_wrapper(wire):
                 yield wire, server
         finally:
             db.connection.set_trace_callback(None)
         server.statements = len(traced)
-        server.transaction_control = len([sql for sql in traced if _TRANSACTION_CONTROL.match(sql)])
+        server.transaction_control = len(
+            [sql for sql in traced if _TRANSACTION_CONTROL.match(sql)]
+        )
     elif db.vendor == "mysql":
 
         def status():
@@ -254,7 +265,9 @@ def test_release():
     released, wire, server = _measure(lambda: locks[-1].release(), prepare=prepare)
     assert released is True
     _assert_costs(wire, server, _targets()[2])
-    if connection.vendor == "postgresql":  # a function that bounds its wait for row locks
+    if (
+        connection.vendor == "postgresql"
+    ):  # a function that bounds its wait for row locks
         assert wire.sql[0].lstrip().startswith("SELECT marathon_release(")
     else:
         assert wire.sql[0].lstrip().upper().startswith("DELETE")
@@ -341,14 +354,19 @@ def test_one_heartbeat_statement_per_beat_however_many_locks(count):
             return
         connection.execute_wrappers.append(counter)
         if vendor == "sqlite":
-            connection.connection.set_trace_callback(lambda sql: traced.append(sql))  # Python 3.6 needs a hashable callback
+            connection.connection.set_trace_callback(
+                lambda sql: traced.append(sql)
+            )  # Python 3.6 needs a hashable callback
 
     # Counted on the heartbeat's own connection (and by SQLite's trace): the
     # PostgreSQL table statistics (n_tup_upd) arrive too late under load to
     # cross-check a single test.
     connection_created.connect(on_connect, weak=False)
     try:
-        locks = [Marathon("beat-%d" % i, heartbeat=interval, stale_after=5) for i in range(count)]
+        locks = [
+            Marathon("beat-%d" % i, heartbeat=interval, stale_after=5)
+            for i in range(count)
+        ]
         for lock in locks:
             assert lock.acquire()
         window.append(time.monotonic())
@@ -369,9 +387,15 @@ def test_one_heartbeat_statement_per_beat_however_many_locks(count):
     # On PostgreSQL the UPDATE is in marathon_beat(), which takes the ids and
     # tokens as two arrays and returns the ids it refreshed.
     before = [i for i, t in enumerate(beats.times) if t < window[1]]
-    kinds = [beats.sql[i].split()[0].upper() + ("" if vendor != "postgresql" else beats.sql[i].split()[1][:13]) for i in before]
+    kinds = [
+        beats.sql[i].split()[0].upper()
+        + ("" if vendor != "postgresql" else beats.sql[i].split()[1][:13])
+        for i in before
+    ]
     expected = "SELECTmarathon_beat" if vendor == "postgresql" else "UPDATE"
-    assert set(kinds) == {expected}, [(kinds[i], beats.rowcounts[i], len(beats.params[i])) for i in before]
+    assert set(kinds) == {expected}, [
+        (kinds[i], beats.rowcounts[i], len(beats.params[i])) for i in before
+    ]
 
     def locks_sent(i):
         params = beats.params[i]
@@ -387,6 +411,7 @@ def test_one_heartbeat_statement_per_beat_however_many_locks(count):
     assert beats.times[full[2]] - beats.times[full[0]] >= interval
     if vendor == "sqlite":
         assert traced and len(traced) == len(beats.sql), (traced, beats.sql)
+
 
 def test_acquire_release_cycles_keep_one_heartbeat_thread():
     """A process that keeps taking locks keeps its heartbeat thread.
@@ -416,8 +441,11 @@ def test_acquire_release_cycles_keep_one_heartbeat_thread():
     finally:
         threading.settrace(previous)
     heartbeats = [name for name in started if name.startswith("marathon-heartbeat")]
-    assert 1 <= len(heartbeats) <= 2, "%d heartbeat threads started in %d cycles over %.1f s" % (
-        len(heartbeats),
-        cycles,
-        time.monotonic() - begun,
+    assert 1 <= len(heartbeats) <= 2, (
+        "%d heartbeat threads started in %d cycles over %.1f s"
+        % (
+            len(heartbeats),
+            cycles,
+            time.monotonic() - begun,
+        )
     )

@@ -4,6 +4,7 @@ Every supervisor is a real process, and so is every child; the children report
 what happens to them (start, signals, end) in files, with CLOCK_MONOTONIC
 times, which every process of this host shares.
 """
+
 import json
 import os
 import signal
@@ -57,7 +58,11 @@ def events(path):
 
 def supervise(name, *child_args, options=(), env=None, **kwargs):
     """Start `python -m marathon run NAME [options] -- python -c CHILD child_args...`."""
-    args = ["-m", "marathon", "run", name] + list(options) + ["--", sys.executable, "-c", CHILD]
+    args = (
+        ["-m", "marathon", "run", name]
+        + list(options)
+        + ["--", sys.executable, "-c", CHILD]
+    )
     return start_python(args + [str(arg) for arg in child_args], env=env, **kwargs)
 
 
@@ -87,25 +92,34 @@ def now():
 def test_exit_status_and_stdio_pass_through():
     code = "import sys; line = sys.stdin.readline(); print('out:' + line.strip()); print('err!', file=sys.stderr); sys.exit(3)"
     process = start_python(
-        ["-m", "marathon", "run", "io"] + FAST + ["--", sys.executable, "-c", code], stdin=subprocess.PIPE
+        ["-m", "marathon", "run", "io"] + FAST + ["--", sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
     )
     out, err = process.communicate("hello\n", timeout=60)
     assert process.returncode == 3, err
     assert out == "out:hello\n"
-    assert "err!" in err and "got the lock 'io'" in err and "waiting for the lock 'io'" in err
+    assert (
+        "err!" in err
+        and "got the lock 'io'" in err
+        and "waiting for the lock 'io'" in err
+    )
     assert lock_row("io") is None
 
 
 def test_a_child_killed_by_a_signal_gives_128_plus_the_signal():
     code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
-    process = start_python(["-m", "marathon", "run", "killed"] + FAST + ["--", sys.executable, "-c", code])
+    process = start_python(
+        ["-m", "marathon", "run", "killed"] + FAST + ["--", sys.executable, "-c", code]
+    )
     status, out, err = finish(process, timeout=60)
     assert status == 128 + signal.SIGKILL, err
     assert lock_row("killed") is None
 
 
 def test_missing_command_is_a_usage_error():
-    status, out, err = finish(start_python(["-m", "marathon", "run", "nothing"]), timeout=60)
+    status, out, err = finish(
+        start_python(["-m", "marathon", "run", "nothing"]), timeout=60
+    )
     assert status == 2 and "after --" in err
 
 
@@ -124,7 +138,9 @@ def test_two_supervisors_never_run_two_children_and_the_standby_follows(tmp_path
     starts = [e for e in events(log) if e["event"] == "start"]
     ends = [e for e in events(log) if e["event"] == "end"]
     assert len(starts) == len(ends) == 2
-    assert ends[0]["pid"] == starts[0]["pid"] and starts[1]["mono"] >= ends[0]["mono"]  # never overlapped
+    assert (
+        ends[0]["pid"] == starts[0]["pid"] and starts[1]["mono"] >= ends[0]["mono"]
+    )  # never overlapped
     assert "waiting for the lock 'beat'" in err
 
 
@@ -137,7 +153,11 @@ def test_the_standby_takes_over_from_a_killed_supervisor_and_its_child_dies(tmp_
     killed = now()
     first.kill()
     finish(first)
-    wait_for(lambda: not _alive(first_child), 5, "the orphaned child to die with its supervisor")
+    wait_for(
+        lambda: not _alive(first_child),
+        5,
+        "the orphaned child to die with its supervisor",
+    )
     status, _, err = finish(second, timeout=60)
     assert status == 0, err
     second_start = [e for e in events(log) if e["event"] == "start"][1]
@@ -160,7 +180,10 @@ def test_wait_zero_gives_up_at_once_naming_the_holder(tmp_path):
     holder = supervise("busy", log, "wait-term", options=FAST)
     try:
         wait_for(lambda: events(log), 30, "the holder's child", process=holder)
-        status, out, err = finish(supervise("busy", log, "sleep", 0, options=FAST + ["--wait", "0"]), timeout=60)
+        status, out, err = finish(
+            supervise("busy", log, "sleep", 0, options=FAST + ["--wait", "0"]),
+            timeout=60,
+        )
         assert status == 75, err
         assert "already running" in err and lock_row("busy").owner in err
         assert len(events(log)) == 1  # the second child never started
@@ -175,7 +198,10 @@ def test_wait_n_waits_that_long(tmp_path):
     try:
         wait_for(lambda: events(log), 30, "the holder's child", process=holder)
         started = now()
-        status, _, err = finish(supervise("busy-n", log, "sleep", 0, options=FAST + ["--wait", "1"]), timeout=60)
+        status, _, err = finish(
+            supervise("busy-n", log, "sleep", 0, options=FAST + ["--wait", "1"]),
+            timeout=60,
+        )
         assert status == 75, err
         assert now() - started >= 1.0
     finally:
@@ -209,11 +235,15 @@ def test_an_operator_release_stops_the_child(tmp_path):
     status, _, err = finish(process, timeout=60)
     assert status == 70, err
     assert "lost the lock 'released'" in err
-    assert [e["signum"] for e in events(log) if e["event"] == "signal"] == [signal.SIGTERM]
+    assert [e["signum"] for e in events(log) if e["event"] == "signal"] == [
+        signal.SIGTERM
+    ]
 
 
 @pytest.mark.parametrize("child", ["wait-term", "ignore-term"])
-def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(tmp_path, child):
+def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(
+    tmp_path, child
+):
     if connection.vendor == "sqlite":
         pytest.skip("SQLite has no network to cut")
     settings_dict = connection.settings_dict
@@ -221,13 +251,21 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(t
     proxy = FaultProxy(settings_dict["HOST"] or "127.0.0.1", settings_dict["PORT"])
     log = str(tmp_path / "children.jsonl")
     try:
-        env = child_env(**{prefix + "HOST": "127.0.0.1", prefix + "PORT": str(proxy.port)})
+        env = child_env(
+            **{prefix + "HOST": "127.0.0.1", prefix + "PORT": str(proxy.port)}
+        )
         process = supervise("cut-off", log, child, options=FAST, env=env)
         wait_for(lambda: events(log), 30, "the child", process=process)
         child_pid = events(log)[0]["pid"]
-        wait_for(lambda: (heartbeat_age("cut-off") or 9) < HEARTBEAT, 10, "a heartbeat through the proxy")
+        wait_for(
+            lambda: (heartbeat_age("cut-off") or 9) < HEARTBEAT,
+            10,
+            "a heartbeat through the proxy",
+        )
         proxy.blackhole()
-        wait_for(lambda: not _alive(child_pid), STALE_AFTER + 5, "the child to be stopped")
+        wait_for(
+            lambda: not _alive(child_pid), STALE_AFTER + 5, "the child to be stopped"
+        )
         age_when_dead = heartbeat_age("cut-off")  # by the database's clock
         assert age_when_dead is not None and age_when_dead < STALE_AFTER, age_when_dead
         status, _, err = finish(process, timeout=60)
@@ -238,7 +276,9 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(t
 
 
 def test_a_command_that_cannot_run_exits_127():
-    process = start_python(["-m", "marathon", "run", "missing"] + FAST + ["--", "no-such-command-here"])
+    process = start_python(
+        ["-m", "marathon", "run", "missing"] + FAST + ["--", "no-such-command-here"]
+    )
     status, _, err = finish(process, timeout=60)
     assert status == 127, err
     assert "cannot run no-such-command-here" in err
@@ -248,9 +288,14 @@ def test_a_command_that_cannot_run_exits_127():
 def test_the_child_gets_sigpipe_and_sigxfsz_as_a_shell_would():
     """Python ignores both at startup, and exec keeps ignored signals: the wrapper restores them."""
     process = start_python(
-        ["-m", "marathon", "run", "signals"] + FAST + ["--", "sh", "-c", "grep SigIgn /proc/self/status"]
+        ["-m", "marathon", "run", "signals"]
+        + FAST
+        + ["--", "sh", "-c", "grep SigIgn /proc/self/status"]
     )
     status, out, err = finish(process, timeout=60)
     assert status == 0, err
     ignored = int(out.split()[-1], 16)
-    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0 and ignored & (1 << (signal.SIGXFSZ - 1)) == 0, out
+    assert (
+        ignored & (1 << (signal.SIGPIPE - 1)) == 0
+        and ignored & (1 << (signal.SIGXFSZ - 1)) == 0
+    ), out

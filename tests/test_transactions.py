@@ -12,6 +12,7 @@
 Other processes are real ones (tests/transactions_child.py), on the test
 database, so that "another process sees" means what it says.
 """
+
 import json
 import sqlite3
 
@@ -112,7 +113,9 @@ def test_release_inside_atomic_waits_for_the_commit_of_the_outermost_block():
         with Marathon("release-at-commit", **FAST) as lock:
             pass
         seen = seen_by_another_process("release-at-commit")
-        assert seen["outcome"] == "AlreadyRunning", "released before the transaction ended: %s" % seen
+        assert seen["outcome"] == "AlreadyRunning", (
+            "released before the transaction ended: %s" % seen
+        )
         assert seen["owner"] == lock.owner
     assert not row_exists("release-at-commit")  # the commit released it
     assert seen_by_another_process("release-at-commit")["outcome"] == "acquired"
@@ -125,7 +128,9 @@ def test_release_inside_atomic_takes_effect_at_a_rollback_too():
             with Marathon("release-at-rollback", **FAST) as lock:
                 pass
             seen = seen_by_another_process("release-at-rollback")
-            assert seen["outcome"] == "AlreadyRunning", "released before the transaction ended: %s" % seen
+            assert seen["outcome"] == "AlreadyRunning", (
+                "released before the transaction ended: %s" % seen
+            )
             assert seen["owner"] == lock.owner
             raise Rollback
     assert not row_exists("release-at-rollback")
@@ -141,9 +146,13 @@ def test_savepoint_rolled_back_after_the_release_does_not_release_early():
                     pass
                 raise Rollback
         seen = seen_by_another_process("release-in-savepoint")
-        assert seen["outcome"] == "AlreadyRunning", "released when the savepoint rolled back: %s" % seen
+        assert seen["outcome"] == "AlreadyRunning", (
+            "released when the savepoint rolled back: %s" % seen
+        )
         assert seen["owner"] == lock.owner
-    assert not row_exists("release-in-savepoint")  # ...and released when the outermost block ended
+    assert not row_exists(
+        "release-in-savepoint"
+    )  # ...and released when the outermost block ended
 
 
 # ---- 3. No lost update ----
@@ -154,7 +163,10 @@ def counter_table(transactional_db):
     """A raw table `marathon_test_counter` with one row (id 1, value 0), committed; dropped afterwards."""
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS %s" % COUNTER_TABLE)
-        cursor.execute("CREATE TABLE %s (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)" % COUNTER_TABLE)
+        cursor.execute(
+            "CREATE TABLE %s (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)"
+            % COUNTER_TABLE
+        )
         cursor.execute("INSERT INTO %s (id, value) VALUES (1, 0)" % COUNTER_TABLE)
     yield COUNTER_TABLE
     with connection.cursor() as cursor:
@@ -190,7 +202,9 @@ def test_sqlite_acquire_after_a_read_in_atomic_says_what_to_do(short_busy_timeou
     """
     for attempt in ("acquire", "with"):
         with transaction.atomic():
-            assert Lock.objects.count() == 0  # a read: this transaction now holds SQLite's shared lock
+            assert (
+                Lock.objects.count() == 0
+            )  # a read: this transaction now holds SQLite's shared lock
             with pytest.raises(OperationalError) as caught:
                 if attempt == "acquire":
                     Marathon("after-a-read", **FAST).acquire()
@@ -205,7 +219,9 @@ def test_sqlite_acquire_after_a_read_in_atomic_says_what_to_do(short_busy_timeou
 # ---- 4. An uncommitted lock row never blocks (PostgreSQL) ----
 
 
-@pytest.mark.skipif(not POSTGRESQL, reason="PostgreSQL only (bounded by its lock_timeout)")
+@pytest.mark.skipif(
+    not POSTGRESQL, reason="PostgreSQL only (bounded by its lock_timeout)"
+)
 def test_uncommitted_lock_row_of_another_transaction_does_not_block(tmp_path):
     """A Lock row created through the ORM in a transaction that has not committed: another process's
     `with Marathon(same name)` returns within seconds (AlreadyRunning, or OperationalError naming the
@@ -215,7 +231,9 @@ def test_uncommitted_lock_row_of_another_transaction_does_not_block(tmp_path):
     try:
         wait_for_file(ready, process=holder)
         trying = start("try", "uncommitted-row")
-        code, out, err = finish(trying, timeout=15)  # a child that blocks is killed and fails here
+        code, out, err = finish(
+            trying, timeout=15
+        )  # a child that blocks is killed and fails here
         assert code == 0, "child failed (%s):\n%s\n%s" % (code, out, err)
         seen = json.loads(out.strip().splitlines()[-1])
         assert holder.poll() is None, "the uncommitted transaction ended too early"
@@ -232,11 +250,15 @@ def test_uncommitted_lock_row_of_another_transaction_does_not_block(tmp_path):
 # ---- 5. A database error is never reported as a held lock ----
 
 
-@pytest.mark.skipif(not SQLITE, reason="SQLite only: a write lock held by another connection")
+@pytest.mark.skipif(
+    not SQLITE, reason="SQLite only: a write lock held by another connection"
+)
 def test_sqlite_busy_database_raises_operational_error_not_held(short_busy_timeout):
     """With another connection holding SQLite's write lock, an acquire raises OperationalError:
     it does not return False and does not raise AlreadyRunning (nobody holds the lock)."""
-    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, timeout=0)
+    other = sqlite3.connect(
+        connection.settings_dict["NAME"], isolation_level=None, timeout=0
+    )
     try:
         other.execute("BEGIN IMMEDIATE")  # SQLite's one write lock, until ROLLBACK
         with pytest.raises(OperationalError):
@@ -264,11 +286,13 @@ def test_a_lock_released_receiver_that_queries_does_not_break_a_rollback():
 
     lock_released.connect(receiver)
     try:
-        with pytest.raises(ZeroDivisionError):  # the caller's own error, not one of the receiver's
+        with pytest.raises(
+            ZeroDivisionError
+        ):  # the caller's own error, not one of the receiver's
             with transaction.atomic():
                 with Marathon("rolled-back-receiver", **FAST):
                     pass
-                1 / 0
+                raise ZeroDivisionError
         assert not row_exists("rolled-back-receiver")
         wait_for(lambda: counted, 10, "the lock_released receiver")
     finally:

@@ -10,6 +10,7 @@ bound on its time. The contract: every user test passes, and the test
 database is torn down cleanly (exit status 0; no "being accessed by other
 users" from PostgreSQL, no "database table is locked" from SQLite).
 """
+
 import os
 import subprocess
 import sys
@@ -64,7 +65,10 @@ def run_usersuite(runner, args):
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
-        pytest.fail("the user's suite (%s) did not end within %d s:\n%s" % (runner, TIMEOUT, output))
+        pytest.fail(
+            "the user's suite (%s) did not end within %d s:\n%s"
+            % (runner, TIMEOUT, output)
+        )
     return process.returncode, output
 
 
@@ -76,7 +80,9 @@ def leftovers_dropped(django_db_blocker):
         return  # in memory: gone with the process
     with django_db_blocker.unblock():
         for runner in ("django", "pytest"):
-            sql = "DROP DATABASE IF EXISTS %s" % connection.ops.quote_name(usersuite_database_name(runner))
+            sql = "DROP DATABASE IF EXISTS %s" % connection.ops.quote_name(
+                usersuite_database_name(runner)
+            )
             with connection._nodb_cursor() as cursor:
                 if connection.vendor == "postgresql":
                     cursor.execute("SHOW server_version_num")
@@ -87,14 +93,20 @@ def leftovers_dropped(django_db_blocker):
 
 def test_usersuite_imports_the_same_marathon():
     """The user's project runs with the marathon this test run imports (the checkout, or the installed one)."""
-    code, output = run_usersuite("django", ["-c", "import marathon; print(marathon.__file__)"])
+    code, output = run_usersuite(
+        "django", ["-c", "import marathon; print(marathon.__file__)"]
+    )
     assert code == 0, output
-    assert os.path.realpath(output.strip().splitlines()[-1]) == os.path.realpath(marathon.__file__)
+    assert os.path.realpath(output.strip().splitlines()[-1]) == os.path.realpath(
+        marathon.__file__
+    )
 
 
 def test_manage_py_test_passes_and_tears_down_cleanly(leftovers_dropped):
     """`manage.py test`: TestCase and TransactionTestCase tests that take locks pass; clean teardown."""
-    code, output = run_usersuite("django", ["manage.py", "test", "usersuite_jobs", "--noinput", "-v", "2"])
+    code, output = run_usersuite(
+        "django", ["manage.py", "test", "usersuite_jobs", "--noinput", "-v", "2"]
+    )
     assert code == 0, output
     for bad in BAD_NEWS:
         assert bad not in output, output
@@ -107,7 +119,20 @@ def test_pytest_django_passes_and_tears_down_cleanly(leftovers_dropped):
     """pytest-django (`db` and `transactional_db`): the same tests pass; clean teardown."""
     code, output = run_usersuite(
         "pytest",
-        ["-m", "pytest", "-c", "pytest.ini", "--rootdir", ".", "--confcutdir", ".", "-p", "no:cacheprovider", "-v", "usersuite_jobs"],
+        [
+            "-m",
+            "pytest",
+            "-c",
+            "pytest.ini",
+            "--rootdir",
+            ".",
+            "--confcutdir",
+            ".",
+            "-p",
+            "no:cacheprovider",
+            "-v",
+            "usersuite_jobs",
+        ],
     )
     assert code == 0, output
     for bad in BAD_NEWS:
@@ -116,7 +141,10 @@ def test_pytest_django_passes_and_tears_down_cleanly(leftovers_dropped):
     testcase_skipped = "%d passed, %d skipped" % (TRANSACTION_TESTS, TESTCASE_TESTS)
     if django.VERSION >= (4, 1):
         assert all_passed in output, output
-    elif django.VERSION >= (3, 2):  # pytest-django 4.6+ leaves Django 3.2 no mark on the test's transaction
+    elif django.VERSION >= (
+        3,
+        2,
+    ):  # pytest-django 4.6+ leaves Django 3.2 no mark on the test's transaction
         assert all_passed in output or testcase_skipped in output, output
     else:
         assert testcase_skipped in output, output

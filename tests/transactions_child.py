@@ -6,6 +6,7 @@ test database pytest-django made. Every action prints one JSON object on its
 last line of stdout: the facts the test asserts. Only the public API of
 marathon is used here, so these children hold for any implementation.
 """
+
 import json
 import os
 import sys
@@ -72,7 +73,10 @@ def counter_worker(role, workdir):
             else:
                 touch(path("b-read"))
             with connection.cursor() as cursor:
-                cursor.execute("UPDATE %s SET value = %%s WHERE id = 1" % COUNTER_TABLE, [value + 1])
+                cursor.execute(
+                    "UPDATE %s SET value = %%s WHERE id = 1" % COUNTER_TABLE,
+                    [value + 1],
+                )
         if role == "a":  # "some more work" after the lock, before the commit
             deadline = time.monotonic() + 2.0
             while not os.path.exists(path("b-read")) and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ for) and reads one command per line from stdin. Times are CLOCK_MONOTONIC,
 which is one clock for every process of a Linux host, so the test can compare
 them with its own.
 """
+
 import json
 import os
 import queue
@@ -77,7 +78,9 @@ def hold(params):
         emit("on_lost", mono=now(), lost=lock.lost, held=lock.held)
         lines.put("lost")
 
-    lock = Marathon(params["name"], wait=params.get("wait", 0), on_lost=on_lost, **timing(params))
+    lock = Marathon(
+        params["name"], wait=params.get("wait", 0), on_lost=on_lost, **timing(params)
+    )
     emit("trying", mono=now(), backend=backend_id(), pid=os.getpid())
     started = now()
     facts = {}
@@ -96,7 +99,9 @@ def hold(params):
                 command = lines.get()
                 if command == "status":
                     emit("status", lost=lock.lost, held=lock.held)
-                elif command in ("release", "eof") or (command == "lost" and params.get("exit_on_lost")):
+                elif command in ("release", "eof") or (
+                    command == "lost" and params.get("exit_on_lost")
+                ):
                     break
             facts = {"lost": lock.lost, "held": lock.held}
             try:
@@ -262,7 +267,10 @@ SCENARIOS = {
 
 
 def main():
-    scenario, params = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
+    scenario, params = (
+        sys.argv[1],
+        json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}"),
+    )
     if scenario == "check":
         return check(params)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -271,7 +279,12 @@ def main():
     django.setup()
     import marathon
 
-    emit("started", marathon_file=os.path.realpath(marathon.__file__), pid=os.getpid(), time=time.time())
+    emit(
+        "started",
+        marathon_file=os.path.realpath(marathon.__file__),
+        pid=os.getpid(),
+        time=time.time(),
+    )
     SCENARIOS[scenario](params)
 
 

@@ -1,4 +1,5 @@
 """Settings of the example project: SQLite, the demo app and marathon."""
+
 import os
 
 BASE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,9 @@ DATABASES = {
 # defaults (10 s and 60 s) suit real work, where a holder may pause for a few
 # seconds (a long query, a garbage collection, a busy host) without losing its lock.
 MARATHON_HEARTBEAT = 1  # seconds between two heartbeats of a held lock
-MARATHON_STALE_AFTER = 3  # seconds without a heartbeat before another run may take the lock over
+MARATHON_STALE_AFTER = (
+    3  # seconds without a heartbeat before another run may take the lock over
+)
 
 # Show marathon's log: INFO on acquire and release, WARNING on a takeover.
 LOGGING = {

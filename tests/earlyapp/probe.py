@@ -3,6 +3,7 @@
 With the argument "migrate" it also makes its own database, migrates it, runs
 `makemigrations --check` and `check`, and drops the database.
 """
+
 import io
 import json
 import sys
@@ -26,11 +27,17 @@ if "tests.earlyapp" in settings.INSTALLED_APPS:
     from tests.earlyapp import models as early
 
     facts["early_built_before"] = early.BUILT_BEFORE
-    facts["early_is_registered"] = early.EARLY_LOCK is apps.get_model("marathon", "Lock")
-    facts["early_last_run_is_registered"] = early.EARLY_LAST_RUN is apps.get_model("marathon", "LastRun")
+    facts["early_is_registered"] = early.EARLY_LOCK is apps.get_model(
+        "marathon", "Lock"
+    )
+    facts["early_last_run_is_registered"] = early.EARLY_LAST_RUN is apps.get_model(
+        "marathon", "LastRun"
+    )
 
 if sys.argv[1:] == ["migrate"]:
-    name = connection.creation._create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    name = connection.creation._create_test_db(
+        verbosity=0, autoclobber=True, keepdb=False
+    )
     connection.close()
     connection.settings_dict["NAME"] = name
     try:
@@ -39,13 +46,17 @@ if sys.argv[1:] == ["migrate"]:
         facts["migrate"] = out.getvalue()
         facts["tables"] = sorted(connection.introspection.table_names())
         with connection.cursor() as cursor:
-            description = connection.introspection.get_table_description(cursor, "marathon_lock") if (
-                "marathon_lock" in facts["tables"]
-            ) else []
+            description = (
+                connection.introspection.get_table_description(cursor, "marathon_lock")
+                if ("marathon_lock" in facts["tables"])
+                else []
+            )
         facts["columns"] = sorted(column.name for column in description)
         out = io.StringIO()
         try:
-            call_command("makemigrations", "--check", "--dry-run", stdout=out, stderr=out)
+            call_command(
+                "makemigrations", "--check", "--dry-run", stdout=out, stderr=out
+            )
             facts["makemigrations_exit"] = 0
         except SystemExit as exit:
             facts["makemigrations_exit"] = exit.code

@@ -4,6 +4,7 @@ No MIGRATION_MODULES and no DEFAULT_AUTO_FIELD (tests/settings.py has both, whic
 would hide a broken glue line). Its database is MARATHON_APP_DB, made and dropped
 by tests/earlyapp/probe.py.
 """
+
 import copy
 import os
 

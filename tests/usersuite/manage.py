@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The user project's manage.py (tests/test_usersuite.py runs `manage.py test` with it)."""
+
 import os
 import sys
 

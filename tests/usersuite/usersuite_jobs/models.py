@@ -8,3 +8,6 @@ class Note(models.Model):
 
     class Meta:
         app_label = "usersuite_jobs"
+
+    def __str__(self):
+        return self.text

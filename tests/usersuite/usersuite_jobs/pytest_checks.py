@@ -3,6 +3,7 @@
 pytest runs the tests in this file's order; the transactional ones come last,
 so that the database is torn down right after a heartbeat ran.
 """
+
 import io
 import threading
 import time
@@ -30,8 +31,12 @@ def db(db):
     """
     from django.db import transaction
 
-    if django.VERSION < (4, 1) and getattr(transaction.Atomic, "_ensure_durability", True):
-        pytest.skip("pytest-django skips TestCase.setUpClass, where Django < 4.1 marks a test's transaction")
+    if django.VERSION < (4, 1) and getattr(
+        transaction.Atomic, "_ensure_durability", True
+    ):
+        pytest.skip(
+            "pytest-django skips TestCase.setUpClass, where Django < 4.1 marks a test's transaction"
+        )
     return db
 
 

@@ -5,6 +5,7 @@ transaction that is rolled back) and TransactionTestCase (real commits):
 locks work as in production, nothing leaks from one test to the next, and
 the test database tears down cleanly. tests/test_usersuite.py runs this.
 """
+
 import io
 import threading
 import time
@@ -82,7 +83,9 @@ class HeartbeatTests(TransactionTestCase):
             beats = {Lock.objects.get(name="slow").heartbeat_at}
             deadline = time.monotonic() + 5
             while len(beats) < 3:  # the acquire's own time and two heartbeats
-                self.assertLess(time.monotonic(), deadline, "no two heartbeats within 5 s")
+                self.assertLess(
+                    time.monotonic(), deadline, "no two heartbeats within 5 s"
+                )
                 threading.Event().wait(0.05)
                 beats.add(Lock.objects.get(name="slow").heartbeat_at)
             self.assertTrue(lock.held)

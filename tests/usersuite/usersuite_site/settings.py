@@ -8,6 +8,7 @@ test_marathon_usersuite_<env>_<runner> (USERSUITE_RUNNER: "django" for
 says, created and dropped by the test runner, so they never collide with the
 suite's own.
 """
+
 import os
 import re
 import tempfile
@@ -15,9 +16,17 @@ import warnings
 
 DB = os.environ.get("MARATHON_TEST_DB", "sqlite").lower()
 RUNNER = os.environ.get("USERSUITE_RUNNER", "django")
-ENV_NAME = re.sub(r"[^a-z0-9_]+", "_", os.environ.get("TOX_ENV_NAME", "local").lower()).strip("_")[:30] or "local"
+ENV_NAME = (
+    re.sub(r"[^a-z0-9_]+", "_", os.environ.get("TOX_ENV_NAME", "local").lower()).strip(
+        "_"
+    )[:30]
+    or "local"
+)
 NAME = "marathon_usersuite_%s" % ENV_NAME  # never created: Django connects without it
-TEST_NAME = os.environ.get("USERSUITE_TEST_NAME") or "test_marathon_usersuite_%s_%s" % (ENV_NAME, RUNNER)
+TEST_NAME = os.environ.get("USERSUITE_TEST_NAME") or "test_marathon_usersuite_%s_%s" % (
+    ENV_NAME,
+    RUNNER,
+)
 
 if DB == "sqlite":
     DATABASES = {
@@ -54,11 +63,17 @@ elif DB == "mysql":
             "PASSWORD": os.environ.get("MARATHON_MYSQL_PASSWORD", ""),
             "NAME": NAME,
             "OPTIONS": {"charset": "utf8mb4"},
-            "TEST": {"NAME": TEST_NAME, "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+            "TEST": {
+                "NAME": TEST_NAME,
+                "CHARSET": "utf8mb4",
+                "COLLATION": "utf8mb4_unicode_ci",
+            },
         }
     }
 else:
-    raise RuntimeError("MARATHON_TEST_DB must be sqlite, postgres or mysql, not %r" % DB)
+    raise RuntimeError(
+        "MARATHON_TEST_DB must be sqlite, postgres or mysql, not %r" % DB
+    )
 
 SECRET_KEY = "usersuite-tests-only-not-secret"
 DEBUG = False
@@ -71,4 +86,6 @@ MIDDLEWARE = []
 # Warnings are errors, as in the suite (keep in step with tests/settings.py).
 warnings.simplefilter("error")
 warnings.filterwarnings("ignore", r"'cgi' is deprecated", DeprecationWarning)
-warnings.filterwarnings("ignore", r"distutils Version classes are deprecated", DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", r"distutils Version classes are deprecated", DeprecationWarning
+)

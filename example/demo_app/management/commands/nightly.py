@@ -1,4 +1,5 @@
 """`python manage.py nightly`: a job that must never run twice at once."""
+
 import os
 import time
 
@@ -12,8 +13,12 @@ class Command(SingleRunnerCommand, BaseCommand):
     # The lock is named after the command: "nightly". Set lock_name to change it.
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=5, help="how many steps (default 5)")
-        parser.add_argument("--pause", type=float, default=0.5, help="seconds per step (default 0.5)")
+        parser.add_argument(
+            "--steps", type=int, default=5, help="how many steps (default 5)"
+        )
+        parser.add_argument(
+            "--pause", type=float, default=0.5, help="seconds per step (default 0.5)"
+        )
 
     def handle(self, *args, **options):
         # handle() runs only once this process holds the lock.

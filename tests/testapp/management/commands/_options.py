@@ -1,4 +1,5 @@
 """What the test commands share: files to signal readiness and to wait on."""
+
 import json
 import os
 import threading
@@ -8,17 +9,30 @@ from marathon import Lock
 
 
 def add_arguments(parser):
-    parser.add_argument("--ready", help="write this file (JSON: the lock row) once running")
-    parser.add_argument("--wait-for", help="then wait (at most 30 s) until this file exists")
+    parser.add_argument(
+        "--ready", help="write this file (JSON: the lock row) once running"
+    )
+    parser.add_argument(
+        "--wait-for", help="then wait (at most 30 s) until this file exists"
+    )
     parser.add_argument("--fail", action="store_true", help="raise an exception")
-    parser.add_argument("--until-heartbeat", action="store_true", help="wait until the row's heartbeat moves")
+    parser.add_argument(
+        "--until-heartbeat",
+        action="store_true",
+        help="wait until the row's heartbeat moves",
+    )
 
 
 def run(command, lock_name, options):
     """The body of each test command; reports what it saw on stdout."""
     command.stdout.write("Starting task...")
     row = Lock.objects.filter(name=lock_name).first()
-    facts = {"lock": lock_name, "row": bool(row), "owner": row.owner if row else None, "pid": os.getpid()}
+    facts = {
+        "lock": lock_name,
+        "row": bool(row),
+        "owner": row.owner if row else None,
+        "pid": os.getpid(),
+    }
     command.stdout.write("FACTS " + json.dumps(facts))
     if options.get("until_heartbeat"):
         first, deadline = row.heartbeat_at, time.monotonic() + 5

@@ -3,6 +3,7 @@
 Prints JSON lines: "waiting" before it tries the lock, "started" once it
 holds it (handle() runs), with CLOCK_MONOTONIC times.
 """
+
 import json
 import threading
 import time
@@ -20,7 +21,11 @@ class Command(SingleRunnerCommand, BaseCommand):
         parser.add_argument("--lock-wait", type=float, default=0)
 
     def _say(self, event):
-        self.stdout.write(json.dumps({"event": event, "mono": time.clock_gettime(time.CLOCK_MONOTONIC)}))
+        self.stdout.write(
+            json.dumps(
+                {"event": event, "mono": time.clock_gettime(time.CLOCK_MONOTONIC)}
+            )
+        )
         self.stdout.flush()
 
     def execute(self, *args, **options):

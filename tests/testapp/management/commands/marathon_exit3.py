@@ -1,4 +1,5 @@
 """lock_held_exit_code: a skipped run exits with status 3."""
+
 from django.core.management.base import BaseCommand
 
 from marathon import SingleRunnerCommand

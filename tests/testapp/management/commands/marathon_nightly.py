@@ -1,4 +1,5 @@
 """A command that runs at most once per period: lock_min_interval."""
+
 from django.core.management.base import BaseCommand
 
 from marathon import SingleRunnerCommand

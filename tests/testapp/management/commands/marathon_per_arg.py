@@ -1,4 +1,5 @@
 """A lock per argument: get_lock_name()."""
+
 from django.core.management.base import BaseCommand
 
 from marathon import SingleRunnerCommand

@@ -1,6 +1,6 @@
 """The README's style: SingleRunnerCommand mixed into BaseCommand, handle() overridden."""
-from django.core.management.base import BaseCommand
 
+from django.core.management.base import BaseCommand
 from marathon.commands import SingleRunnerCommand
 
 from . import _options

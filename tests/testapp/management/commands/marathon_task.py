@@ -1,6 +1,6 @@
 """0.1's style: a lock_name and run_task() instead of handle()."""
-from django.core.management.base import BaseCommand
 
+from django.core.management.base import BaseCommand
 from marathon.commands import SingleRunnerCommand
 
 from . import _options

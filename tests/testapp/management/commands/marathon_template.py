@@ -1,4 +1,5 @@
 """A lock per option, without get_lock_name(): lock_name = "sync-shop-{shop}"."""
+
 from django.core.management.base import BaseCommand
 
 from marathon import SingleRunnerCommand

@@ -1,4 +1,5 @@
 """lock_wait: waits for the lock instead of skipping at once."""
+
 from django.core.management.base import BaseCommand
 
 from marathon import SingleRunnerCommand

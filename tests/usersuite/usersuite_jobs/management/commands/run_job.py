@@ -1,4 +1,5 @@
 """The user's nightly job: a SingleRunnerCommand under the lock "job"."""
+
 from django.core.management.base import BaseCommand
 
 from marathon import SingleRunnerCommand
