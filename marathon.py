@@ -18,7 +18,8 @@ next acquire takes it over. All times come from the database's clock.
 
 The sections, in the order they read:
 
-- Defaults, exceptions, settings, lock names, system checks.
+- Defaults; exceptions, and the times they show; settings; lock names, and
+  the templates a decorator fills from each call; system checks.
 - The model: ``Lock``, one row per held lock, and ``LastRun``, the last run
   of each lock that has a ``min_interval``.
 - The SQL: each lock operation as the fewest statements each database allows.
@@ -32,7 +33,7 @@ The sections, in the order they read:
   thread that owns the connection, and the reporter that runs logs, signals
   and callbacks off the heartbeat's schedule.
 - ``Marathon``: acquire and release, sync and async; the context managers; the
-  decorator, whose name may be filled from each call's arguments.
+  decorator.
 - ``SingleRunnerCommand`` and the skip of a refused run (``lock_skipped``),
   and 0.1's ``SingleRunner``.
 - The supervisor: ``python -m marathon run NAME -- CMD``.
@@ -139,7 +140,11 @@ class MarathonError(Exception):
 
 
 class AlreadyRunning(MarathonError):
-    """The lock is held by someone else; ``owner`` is ``host:pid`` (or None if unknown)."""
+    """The lock is held by someone else; ``owner`` is ``host:pid`` (or None if unknown).
+
+    ``locked_at`` and ``heartbeat_at`` are aware UTC datetimes by the
+    database's clock, or None; the message shows them in the current time zone.
+    """
 
     def __init__(self, name, owner=None, locked_at=None, heartbeat_at=None):
         super().__init__(name, owner, locked_at, heartbeat_at)
@@ -150,17 +155,21 @@ class AlreadyRunning(MarathonError):
 
     def __str__(self):
         holder = self.owner or "an unknown holder"
-        since = " since %s" % _format_time(self.locked_at) if self.locked_at else ""
+        if self.locked_at is None:  # the holder was gone before it could be read
+            return "%r is already running: the lock is held by %s." % (
+                self.name,
+                holder,
+            )
         if self.heartbeat_at:
-            beat = "last heartbeat %s" % _format_time(self.heartbeat_at)
+            beat = "last heartbeat %s" % _for_people(self.heartbeat_at)
         else:
             beat = (
                 "no heartbeat: a lock made by hand, released only by deleting its row"
             )
-        return "%r is already running: the lock is held by %s%s (%s)." % (
+        return "%r is already running: the lock is held by %s since %s (%s)." % (
             self.name,
             holder,
-            since,
+            _for_people(self.locked_at),
             beat,
         )
 
@@ -185,8 +194,8 @@ class RanRecently(AlreadyRunning):
             % (
                 self.name,
                 self.owner or "an unknown holder",
-                _format_time(self.finished_at),
-                _format_time(next_start),
+                _for_people(self.finished_at),
+                _for_people(next_start),
                 self.min_interval,
             )
         )
@@ -204,13 +213,40 @@ class LockLost(MarathonError):
         return "Lost the lock %r: %s." % (self.name, self.reason)
 
 
-def _format_time(value):
+# Times in the lock tables, as the exceptions and the tools show them.
+
+
+def _aware(value, vendor, by_hand=False):
+    """A time read from the lock tables, as an aware UTC datetime (None stays None).
+
+    marathon writes the database's "now" in UTC. With USE_TZ = False Django
+    hands over naive times: UTC as written on SQLite and MySQL, except those
+    Django wrote itself in rows made by hand (local time), and local time on
+    PostgreSQL, whose sessions Django then sets to TIME_ZONE.
+    """
+    from django.utils import timezone
+
     if isinstance(value, str):
         value = parse_datetime(value)
     if value is None:
+        return None
+    if timezone.is_naive(value):
+        local = not settings.USE_TZ and (vendor == "postgresql" or by_hand)
+        value = timezone.make_aware(
+            value, timezone.get_default_timezone() if local else datetime.timezone.utc
+        )
+    return value.astimezone(datetime.timezone.utc)
+
+
+def _for_people(value):
+    """An aware datetime in the current time zone (TIME_ZONE unless activated), labelled."""
+    from django.utils import timezone
+
+    if value is None:
         return "an unknown time"
-    return value.strftime(
-        "%Y-%m-%d %H:%M:%S UTC" if value.utcoffset() is None else "%Y-%m-%d %H:%M:%S %Z"
+    value = timezone.localtime(value)
+    return value.strftime("%Y-%m-%d %H:%M:%S ") + (
+        value.tzname() or value.strftime("%z")
     )
 
 
@@ -256,6 +292,8 @@ def _timing_errors(heartbeat, stale_after, heartbeat_label, stale_label):
 
 
 # ---- Lock names ----
+# A name is stored exactly, code point by code point, on every database; the
+# rules below are checked before any query, so a bad name never reaches one.
 
 
 def _check_name(name):
@@ -294,6 +332,63 @@ def _check_name_for(connection, name):
             "charset %r: set OPTIONS['charset'] = 'utf8mb4' for it."
             % (name, connection.alias, charset)
         )
+
+
+# A decorated function's lock name may be a template, filled from each
+# call's arguments; the filled name obeys the rules above.
+
+
+def _name_template(name, func):
+    """A function of a call's (args, kwargs) that gives the lock's name for that call.
+
+    A name without fields is the name. Fields name parameters of `func`, as
+    str.format() fields (`{order.pk}`, `{items[0]}`); `{{` and `}}` are braces.
+    """
+    roots = _template_roots(name)
+    if not roots:
+        return lambda args, kwargs: name
+    signature = inspect.signature(func)
+    _check_roots(
+        name, roots, signature.parameters, "%s() has no parameter" % func.__qualname__
+    )
+
+    def filled(args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return _filled(name, bound.arguments)
+
+    return filled
+
+
+def _template_roots(name):
+    """The names that a lock name's fields start with: `shop` of `{shop.pk}`; none for a plain name."""
+    try:
+        fields = [
+            field
+            for _, field, _, _ in string.Formatter().parse(name)
+            if field is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(
+            "Lock name %r is not a valid template: %s." % (name, exc)
+        ) from None
+    return [re.match(r"[^.\[]*", field).group() for field in fields]
+
+
+def _check_roots(name, roots, known, missing):
+    for root in roots:
+        if root not in known:
+            raise ValueError(
+                "Lock name %r has the field {%s}, but %s %r; there are: %s."
+                % (name, root, missing, root, ", ".join(sorted(known)) or "none")
+            )
+
+
+def _filled(name, values):
+    """The name with its fields filled; checked as every lock name is, before any query."""
+    result = name.format(**values)
+    _check_name(result)
+    return result
 
 
 # ---- System checks ----
@@ -1760,22 +1855,24 @@ class Marathon:
 
     def _refusal(self, outcome):
         """The exception for an acquire that did not take the lock: AlreadyRunning or RanRecently."""
-        last_run = outcome.last_run
+        vendor = connections[_alias(self.using)].vendor
+        last_run, holder = outcome.last_run, outcome.holder
         if last_run is not None:
-            finished = _aware(
-                last_run.finished_at, connections[_alias(self.using)].vendor
-            )
             return RanRecently(
                 self.name,
                 last_run.owner,
-                finished.astimezone(datetime.timezone.utc),
+                _aware(last_run.finished_at, vendor),
                 self.min_interval,
             )
-        holder = outcome.holder
         if holder is None:
             return AlreadyRunning(self.name)
+        # No token: a row made by hand (on PostgreSQL, where no token is read, moot).
+        by_hand = not holder.token
         return AlreadyRunning(
-            self.name, holder.owner, holder.locked_at, holder.heartbeat_at
+            self.name,
+            holder.owner,
+            _aware(holder.locked_at, vendor, by_hand),
+            _aware(holder.heartbeat_at, vendor, by_hand),
         )
 
     async def __aexit__(self, exc_type, exc, traceback):
@@ -1898,59 +1995,6 @@ async def _seen_through(coroutine):
     return call
 
 
-def _name_template(name, func):
-    """A function of a call's (args, kwargs) that gives the lock's name for that call.
-
-    A name without fields is the name. Fields name parameters of `func`, as
-    str.format() fields (`{order.pk}`, `{items[0]}`); `{{` and `}}` are braces.
-    """
-    roots = _template_roots(name)
-    if not roots:
-        return lambda args, kwargs: name
-    signature = inspect.signature(func)
-    _check_roots(
-        name, roots, signature.parameters, "%s() has no parameter" % func.__qualname__
-    )
-
-    def filled(args, kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return _filled(name, bound.arguments)
-
-    return filled
-
-
-def _template_roots(name):
-    """The names that a lock name's fields start with: `shop` of `{shop.pk}`; none for a plain name."""
-    try:
-        fields = [
-            field
-            for _, field, _, _ in string.Formatter().parse(name)
-            if field is not None
-        ]
-    except ValueError as exc:
-        raise ValueError(
-            "Lock name %r is not a valid template: %s." % (name, exc)
-        ) from None
-    return [re.match(r"[^.\[]*", field).group() for field in fields]
-
-
-def _check_roots(name, roots, known, missing):
-    for root in roots:
-        if root not in known:
-            raise ValueError(
-                "Lock name %r has the field {%s}, but %s %r; there are: %s."
-                % (name, root, missing, root, ", ".join(sorted(known)) or "none")
-            )
-
-
-def _filled(name, values):
-    """The name with its fields filled; checked as every lock name is, before any query."""
-    result = name.format(**values)
-    _check_name(result)
-    return result
-
-
 def _pauses():
     """Pauses between attempts: quick at first, then at most a second, with jitter."""
     for pause in _POLL_INTERVALS:
@@ -1987,7 +2031,7 @@ def _owner():
 
 def _skipped(lock, outcome, sender):
     """Log and signal that `lock` was refused (`outcome`); return why, for people."""
-    message = _refused(lock, outcome)
+    message = str(lock._refusal(outcome))
     logger.info("Skipped a run: %s", message)
     if outcome.last_run is not None:
         reason, owner, fence = "ran recently", outcome.last_run.owner, None
@@ -2016,76 +2060,6 @@ class _Taken:
 
     async def __aexit__(self, *exc_info):
         return await self.lock.__aexit__(*exc_info)
-
-
-def _refused(lock, outcome):
-    """AlreadyRunning's or RanRecently's words for an acquire of `lock` that did not take it,
-    with times in the project's time zone."""
-    vendor = connections[_alias(lock.using)].vendor
-    last_run, holder = outcome.last_run, outcome.holder
-    if last_run is not None:
-        finished = _aware(last_run.finished_at, vendor)
-        return (
-            "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)."
-            % (
-                lock.name,
-                last_run.owner or "an unknown holder",
-                _for_people(finished),
-                _for_people(finished + datetime.timedelta(seconds=lock.min_interval)),
-                lock.min_interval,
-            )
-        )
-    if holder is None:
-        return "%r is already running: the lock is held by an unknown holder." % (
-            lock.name,
-        )
-    by_hand = (
-        not holder.token
-    )  # no token: a row made by hand (on PostgreSQL, where no token is read, moot)
-    if holder.heartbeat_at:
-        beat = "last heartbeat %s" % _for_people(
-            _aware(holder.heartbeat_at, vendor, by_hand)
-        )
-    else:
-        beat = "no heartbeat: a lock made by hand, released only by deleting its row"
-    return "%r is already running: the lock is held by %s since %s (%s)." % (
-        lock.name,
-        holder.owner or "an unknown holder",
-        _for_people(_aware(holder.locked_at, vendor, by_hand)),
-        beat,
-    )
-
-
-def _aware(value, vendor, by_hand=False):
-    """A time read from the lock tables, as an aware datetime (None stays None).
-
-    marathon writes the database's "now" in UTC. With USE_TZ = False Django
-    hands over naive times: UTC as written on SQLite and MySQL, except those
-    Django wrote itself in rows made by hand (local time), and local time on
-    PostgreSQL, whose sessions Django then sets to TIME_ZONE.
-    """
-    from django.utils import timezone
-
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if value is None or timezone.is_aware(value):
-        return value
-    local = not settings.USE_TZ and (vendor == "postgresql" or by_hand)
-    return timezone.make_aware(
-        value, timezone.get_default_timezone() if local else datetime.timezone.utc
-    )
-
-
-def _for_people(value):
-    """An aware datetime in the current time zone (TIME_ZONE unless activated), labelled."""
-    from django.utils import timezone
-
-    if value is None:
-        return "an unknown time"
-    value = timezone.localtime(value)
-    return value.strftime("%Y-%m-%d %H:%M:%S ") + (
-        value.tzname() or value.strftime("%z")
-    )
 
 
 class SingleRunnerCommand:

@@ -81,6 +81,14 @@ def test_already_running_carries_name_and_owner(holder):
     assert error.name == "report"
     assert error.owner == info["owner"] and error.owner.endswith(":%d" % info["pid"])
     assert "report" in str(error) and info["owner"] in str(error)
+    # The holder's times: aware UTC, by the database's clock, shown as
+    # TIME_ZONE's ("UTC" in the test settings; test_skip.py checks another zone).
+    found = row("report")
+    for value in (error.locked_at, error.heartbeat_at):
+        assert value.utcoffset() == datetime.timedelta(0)
+    assert abs(error.locked_at - found.locked_at) < datetime.timedelta(seconds=1)
+    assert error.heartbeat_at >= error.locked_at
+    assert error.locked_at.strftime("since %Y-%m-%d %H:%M:%S UTC") in str(error)
 
 
 def test_acquire_returns_true_or_false_and_never_raises(holder):
