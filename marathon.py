@@ -1631,7 +1631,7 @@ class Marathon:
         """Take the lock, or find who holds it: the last attempt's _Outcome."""
         plan = self._plan(wait)
         for pause in _pauses():
-            outcome = self._try(plan)
+            outcome = self._attempt(plan)
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
                 return outcome
@@ -1642,7 +1642,7 @@ class Marathon:
         plan = self._plan(wait)
         for pause in _pauses():
             outcome = await _in_thread_uncancelled(
-                self._try, plan, undo=functools.partial(self._release, None)
+                self._attempt, plan, undo=functools.partial(self._release, None)
             )
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
@@ -1684,7 +1684,7 @@ class Marathon:
             deadline,
         )
 
-    def _try(self, plan):
+    def _attempt(self, plan):
         """One attempt. If it takes the lock, the lock is held and beaten when it returns."""
         sent = _clock()
         try:
