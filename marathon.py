@@ -66,6 +66,17 @@ import threading
 import time
 import types
 import weakref
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Type,
+    TypeVar,
+    cast,
+)
 
 import django
 from asgiref.sync import sync_to_async
@@ -90,6 +101,18 @@ from django.dispatch import Signal
 from django.utils.dateparse import parse_datetime
 
 import marathon_migrations
+
+# Types of the public surface: these annotations run on Python 3.6, so every
+# name that is newer than 3.6's `typing` exists for type checkers only, and the
+# annotations that use one are strings. marathon-stubs/__init__.pyi repeats
+# them for users' type checkers (see the section "Types" of README.rst).
+if TYPE_CHECKING:
+    from typing_extensions import Literal, ParamSpec
+
+    _P = ParamSpec("_P")
+    _OnHeld = Literal["raise", "skip"]
+_R = TypeVar("_R")
+_MarathonT = TypeVar("_MarathonT", bound="Marathon")
 
 # ---- Public names ----
 
@@ -126,11 +149,14 @@ _SLICE = 0.05  # seconds between two looks at the deadlines while a heartbeat wa
 
 logger = logging.getLogger("marathon")
 
-# Sent with name, owner and fence, so that projects can hook metrics or alerts.
-lock_acquired = Signal()
+# Sent so that projects can hook metrics or alerts, each with keyword arguments
+# name (str), owner (str or None) and fence (int or None); the sender is
+# Marathon, or for lock_skipped the command's class.
+lock_acquired = Signal()  # also took_over (bool): the previous holder had died
 lock_released = Signal()
-lock_lost = Signal()
-lock_skipped = Signal()  # a refused run that skips quietly; also with `reason`
+lock_lost = Signal()  # sent from the reporter thread
+# A refused run that skips quietly; also with reason, "held" or "ran recently".
+lock_skipped = Signal()
 
 # ---- Exceptions ----
 
@@ -146,14 +172,20 @@ class AlreadyRunning(MarathonError):
     database's clock, or None; the message shows them in the current time zone.
     """
 
-    def __init__(self, name, owner=None, locked_at=None, heartbeat_at=None):
+    def __init__(
+        self,
+        name: str,
+        owner: Optional[str] = None,
+        locked_at: Optional[datetime.datetime] = None,
+        heartbeat_at: Optional[datetime.datetime] = None,
+    ) -> None:
         super().__init__(name, owner, locked_at, heartbeat_at)
         self.name = name
         self.owner = owner
         self.locked_at = locked_at
         self.heartbeat_at = heartbeat_at
 
-    def __str__(self):
+    def __str__(self) -> str:
         holder = self.owner or "an unknown holder"
         if self.locked_at is None:  # the holder was gone before it could be read
             return "%r is already running: the lock is held by %s." % (
@@ -181,14 +213,21 @@ class RanRecently(AlreadyRunning):
     clock) is when it finished; the next run may start ``min_interval`` seconds later.
     """
 
-    def __init__(self, name, owner=None, finished_at=None, min_interval=None):
+    def __init__(
+        self,
+        name: str,
+        owner: Optional[str] = None,
+        finished_at: Optional[datetime.datetime] = None,
+        min_interval: Optional[float] = None,
+    ) -> None:
         super().__init__(name, owner)
         self.args = (name, owner, finished_at, min_interval)
         self.finished_at = finished_at
         self.min_interval = min_interval
 
-    def __str__(self):
-        next_start = self.finished_at + datetime.timedelta(seconds=self.min_interval)
+    def __str__(self) -> str:
+        # Marathon always gives both; without them this fails, as it always has.
+        next_start = self.finished_at + datetime.timedelta(seconds=self.min_interval)  # type: ignore[operator, arg-type]
         return (
             "%r ran recently: its last run, by %s, finished %s; the next may start %s (min_interval %s s)."
             % (
@@ -204,12 +243,12 @@ class RanRecently(AlreadyRunning):
 class LockLost(MarathonError):
     """The lock was taken over or deleted while this process believed it held it."""
 
-    def __init__(self, name, reason):
+    def __init__(self, name: str, reason: str) -> None:
         super().__init__(name, reason)
         self.name = name
         self.reason = reason
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "Lost the lock %r: %s." % (self.name, self.reason)
 
 
@@ -384,7 +423,7 @@ def _check_roots(name, roots, known, missing):
             )
 
 
-def _filled(name, values):
+def _filled(name: str, values: Dict[str, Any]) -> str:
     """The name with its fields filled; checked as every lock name is, before any query."""
     result = name.format(**values)
     _check_name(result)
@@ -1000,6 +1039,7 @@ _HELD, _DEFERRED, _RELEASED, _LOST = "held", "release deferred", "released", "lo
 
 # A hold's times: the clock that goes on while the machine sleeps (Linux), so
 # that a host that wakes from a suspend finds its deadlines passed.
+_clock: Callable[[], float]
 if hasattr(time, "CLOCK_BOOTTIME"):
     _clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 else:  # pragma: no cover - not Linux, or Python 3.6
@@ -1532,16 +1572,16 @@ class Marathon:
 
     def __init__(
         self,
-        name,
+        name: str,
         *,
-        wait=0,
-        heartbeat=None,
-        stale_after=None,
-        using=None,
-        on_lost=None,
-        min_interval=None,
-        on_held="raise",
-    ):
+        wait: float = 0,
+        heartbeat: Optional[float] = None,
+        stale_after: Optional[float] = None,
+        using: Optional[str] = None,
+        on_lost: Optional[Callable[["Marathon"], object]] = None,
+        min_interval: Optional[float] = None,
+        on_held: "_OnHeld" = "raise",
+    ) -> None:
         _check_name(name)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
             raise ValueError("wait must be a number of seconds >= 0; got %r." % (wait,))
@@ -1564,9 +1604,9 @@ class Marathon:
         self.stale_after = stale_after
         self.using = using
         self.on_lost = on_lost
-        self._hold = None  # the current acquisition
+        self._hold: Optional[_Hold] = None  # the current acquisition
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Marathon %r %s>" % (self.name, "held" if self.held else "not held")
 
     @staticmethod
@@ -1579,7 +1619,7 @@ class Marathon:
     # -- state --
 
     @property
-    def held(self):
+    def held(self) -> bool:
         """True from a successful acquire until release, or until the lock is lost or its loss
         deadline has passed unconfirmed (a process that was paused knows before its heartbeat says)."""
         hold = self._hold
@@ -1591,20 +1631,21 @@ class Marathon:
         )
 
     @property
-    def lost(self):
+    def lost(self) -> bool:
         """True once the heartbeat found this holder's row deleted or taken over, or could not confirm it in time."""
         return self._hold is not None and self._hold.state == _LOST
 
     @property
-    def fence(self):
+    def fence(self) -> Optional[int]:
         """A number larger than every fence handed out before by this database."""
         return self._hold.fence if self._hold is not None else None
 
     @property
-    def owner(self):
+    def owner(self) -> Optional[str]:
+        """host:pid of this holder, as other processes see it; None before the first acquire."""
         return self._hold.owner if self._hold is not None else None
 
-    def check(self):
+    def check(self) -> None:
         """Raise LockLost if the lock was lost, or is past its loss deadline; a cheap call for long loops."""
         hold = self._hold
         if hold is None:
@@ -1619,11 +1660,11 @@ class Marathon:
 
     # -- acquire and release --
 
-    def acquire(self, wait=None):
+    def acquire(self, wait: Optional[float] = None) -> bool:
         """Take the lock; True if taken, False if another holder kept it for `wait` seconds."""
         return self._acquire(wait).fence is not None
 
-    async def aacquire(self, wait=None):
+    async def aacquire(self, wait: Optional[float] = None) -> bool:
         """acquire() for async code: the event loop runs on while it waits."""
         return (await self._aacquire(wait)).fence is not None
 
@@ -1736,7 +1777,7 @@ class Marathon:
                     _run(hold.alias, _delete_own, fence, hold.token)
             raise
 
-    def release(self):
+    def release(self) -> bool:
         """Delete this holder's row. True if it was still ours, False if the lock had been lost.
 
         Inside the caller's transaction the row is deleted when the outermost
@@ -1746,7 +1787,7 @@ class Marathon:
         """
         return self._release("ok")
 
-    def _release(self, outcome):
+    def _release(self, outcome: Optional[str]) -> bool:
         """release(), recording the run's outcome ("ok" or "error") for a lock with a min_interval."""
         hold = self._hold
         if hold is None or not hold.mine():
@@ -1764,11 +1805,13 @@ class Marathon:
             return True
         return self._release_now(hold, outcome)
 
-    async def arelease(self):
+    async def arelease(self) -> bool:
         """release() for async code."""
         return await _in_thread_uncancelled(self.release)
 
-    def _release_now(self, hold, outcome, during_rollback=False):
+    def _release_now(
+        self, hold: _Hold, outcome: Optional[str], during_rollback: bool = False
+    ) -> bool:
         if not hold.mine():
             return False  # a deferred release inherited by a forked child: the parent's to make
         if not _registry_here().unregister(hold, _RELEASED):
@@ -1828,14 +1871,19 @@ class Marathon:
 
     # -- context managers and decorator --
 
-    def __enter__(self):
+    def __enter__(self: _MarathonT) -> _MarathonT:
         outcome = self._acquire(None)
         if outcome.fence is None:
             raise self._refusal(outcome)
         return self
 
-    def __exit__(self, exc_type, exc, traceback):
-        hold = self._hold
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[types.TracebackType],
+    ) -> None:
+        hold = cast(_Hold, self._hold)  # set by __enter__
         if hold.state in (_RELEASED, _DEFERRED) and hold.mine():
             return  # released inside the block
         if (
@@ -1847,7 +1895,7 @@ class Marathon:
                 hold.reason or "its row was deleted or taken over before the release",
             )
 
-    async def __aenter__(self):
+    async def __aenter__(self: _MarathonT) -> _MarathonT:
         outcome = await self._aacquire(None)
         if outcome.fence is None:
             raise self._refusal(outcome)
@@ -1875,10 +1923,15 @@ class Marathon:
             _aware(holder.heartbeat_at, vendor, by_hand),
         )
 
-    async def __aexit__(self, exc_type, exc, traceback):
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[types.TracebackType],
+    ) -> None:
         await _in_thread_uncancelled(self.__exit__, exc_type, exc, traceback)
 
-    def __call__(self, func):
+    def __call__(self, func: "Callable[_P, _R]") -> "Callable[_P, _R]":
         """Decorate `func`: every call holds the lock, on an acquisition of its own, so threads
         and tasks may share it. `{param}` fields in the name are filled from each call's arguments.
 
@@ -1920,7 +1973,8 @@ class Marathon:
                 async with _Taken(lock):
                     return await func(*args, **kwargs)
 
-            return run_alone_async
+            # a coroutine function's _R is a coroutine: that of run_alone_async
+            return cast("Callable[_P, _R]", run_alone_async)
 
         @functools.wraps(func)
         def run_alone(*args, **kwargs):
@@ -1960,7 +2014,9 @@ class _Plan(
         return None
 
 
-async def _in_thread_uncancelled(function, *args, undo=None):
+async def _in_thread_uncancelled(
+    function: Callable[..., _R], *args: Any, undo: Optional[Callable[[], object]] = None
+) -> _R:
     """Run function(*args) where Django allows database work from async code; see it through.
 
     A thread cannot be stopped halfway: if the awaiting task is cancelled, the
@@ -1976,7 +2032,7 @@ async def _in_thread_uncancelled(function, *args, undo=None):
         ):
             await _seen_through(sync_to_async(undo, thread_sensitive=True)())
         raise asyncio.CancelledError()
-    return call.result()
+    return cast(_R, call.result())
 
 
 async def _seen_through(coroutine):
@@ -2006,7 +2062,7 @@ def _pauses():
 # Event.wait, not time.sleep: it keeps working under libfaketime on Python 3.11+.
 _sleep = threading.Event().wait
 
-_owners = {}  # pid -> owner: a forked child has its own
+_owners: Dict[int, str] = {}  # pid -> owner: a forked child has its own
 
 
 def _owner():
@@ -2072,13 +2128,13 @@ class SingleRunnerCommand:
     `lock_held_exit_code`. While handle() runs, `self.lock` is the Marathon it holds.
     """
 
-    lock_name = None
-    lock_wait = 0
-    lock_held_exit_code = 0
-    lock_min_interval = None
-    lock = None  # the Marathon that this run holds, while it runs
+    lock_name: Optional[str] = None
+    lock_wait: float = 0
+    lock_held_exit_code: int = 0
+    lock_min_interval: Optional[float] = None
+    lock: Optional[Marathon] = None  # the Marathon that this run holds, while it runs
 
-    def get_lock_name(self, *args, **options):
+    def get_lock_name(self, *args: Any, **options: Any) -> str:
         """`lock_name` with its `{option}` fields filled from this run's options, else the command's name."""
         if not self.lock_name:
             return self.__module__.rpartition(".")[2]
@@ -2088,7 +2144,7 @@ class SingleRunnerCommand:
         _check_roots(self.lock_name, roots, options, "the command has no option")
         return _filled(self.lock_name, options)
 
-    def execute(self, *args, **options):
+    def execute(self, *args: Any, **options: Any) -> Optional[str]:
         lock = Marathon(
             self.get_lock_name(*args, **options),
             wait=self.lock_wait,
@@ -2109,13 +2165,14 @@ class SingleRunnerCommand:
                 lock
             )  # taken above; on the way out it releases, or raises LockLost
             stack.enter_context(_exit_on_signals())
-            return super().execute(*args, **options)
+            # a mixin: BaseCommand.execute() comes after it in the command's MRO
+            return super().execute(*args, **options)  # type: ignore[misc, no-any-return]
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> Optional[str]:
         """0.1's style: commands that define run_task() instead of handle()."""
         return self.run_task(*args, **options)
 
-    def run_task(self, *args, **options):
+    def run_task(self, *args: Any, **options: Any) -> Optional[str]:
         raise NotImplementedError(
             "Define handle() (or run_task()) in %s." % type(self).__name__
         )
@@ -3046,7 +3103,9 @@ class _Module(types.ModuleType):
 sys.modules[
     __name__
 ].__class__ = _Module  # one mechanism on every Python (PEP 562 needs 3.7)
-__path__ = []  # without it Django ignores MarathonConfig: it only looks for apps in packages
+__path__: List[
+    str
+] = []  # without it Django ignores MarathonConfig: it only looks for apps in packages
 for _submodule in _SUBMODULES:
     sys.modules["%s.%s" % (__name__, _submodule)] = sys.modules[__name__]
 sys.modules[__name__ + ".migrations"] = (
