@@ -16,14 +16,14 @@ from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon
-from tests.fixtures_lock import (
+from tests.processes import (
     finish,
     run_python,
     start_child,
     touch,
     wait_for_file,
 )
-from tests.fixtures_lock import (
+from tests.processes import (
     run_coroutine as run,
 )
 
@@ -39,7 +39,7 @@ def rows(name):
 
 def seen_from_another_process(name):
     """Whether another process finds `name` held (it tries once, at once)."""
-    code, out, err = run_python(["-m", "tests.fixtures_lock", "try", name, "0"])
+    code, out, err = run_python(["-m", "tests.processes", "try", name, "0"])
     assert code == 0, err
     return not json.loads(out)["acquired"]
 
@@ -317,7 +317,7 @@ def test_command_lock_name_is_filled_from_options(tmp_path):
     assert facts["lock"] == "sync-shop-3" and facts["row"] is True
     # Another shop runs while shop 3 is held; shop 3 itself skips.
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
-    from tests.fixtures_lock import start_command
+    from tests.processes import start_command
 
     running = start_command(
         "marathon_template", "--shop", "3", "--ready", ready, "--wait-for", go

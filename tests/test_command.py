@@ -12,7 +12,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import (
+from tests.processes import (
     finish,
     run_command,
     start_child,

@@ -24,7 +24,7 @@ import pytest
 from django.db import connection
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import start_python
+from tests.processes import start_python
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

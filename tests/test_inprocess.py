@@ -29,7 +29,7 @@ from marathon import (
     lock_acquired,
     lock_lost,
 )
-from tests.fixtures_lock import child_env, heartbeat_threads, start_python, wait_for
+from tests.processes import child_env, heartbeat_threads, start_python, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from marathon import AlreadyRunning, Lock, LockLost, Marathon, MarathonError
-from tests.fixtures_lock import (
+from tests.processes import (
     db_now,
     finish,
     heartbeat_threads,

@@ -1,6 +1,6 @@
 """Issue 11: at most once per period, judged by the database's clock, and each lock's last run.
 
-Every run below is a real process (tests/fixtures_lock.py's "interval" action)
+Every run below is a real process (tests/processes.py's "interval" action)
 unless the test needs the lock object itself.
 """
 
@@ -23,7 +23,7 @@ from marathon import (
     RanRecently,
     lock_acquired,
 )
-from tests.fixtures_lock import (
+from tests.processes import (
     child_env,
     finish,
     run_command,
@@ -40,7 +40,7 @@ FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 def run_once(name, min_interval=60, outcome="ok", env=None):
     code, out, err = run_python(
-        ["-m", "tests.fixtures_lock", "interval", name, str(min_interval), outcome],
+        ["-m", "tests.processes", "interval", name, str(min_interval), outcome],
         env=env,
     )
     assert code == 0, err
@@ -178,7 +178,7 @@ def test_hosts_racing_for_one_period_run_once():
         "        pass\n"
         "print(json.dumps(ran))\n"
     )
-    from tests.fixtures_lock import start_python
+    from tests.processes import start_python
 
     children = [start_python(["-c", code]) for _ in range(4)]
     runs = []

@@ -19,8 +19,8 @@ from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon, lock_skipped
-from tests.fixtures_lock import child_env, db_now
-from tests.fixtures_lock import run_coroutine as run
+from tests.processes import child_env, db_now
+from tests.processes import run_coroutine as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,7 +17,7 @@ from django.db import connection
 
 from marathon import Lock
 from tests.faultproxy import FaultProxy
-from tests.fixtures_lock import child_env, finish, start_python, wait_for
+from tests.processes import child_env, finish, start_python, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -20,7 +20,7 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import finish, start_python, touch, wait_for, wait_for_file
+from tests.processes import finish, start_python, touch, wait_for, wait_for_file
 from tests.transactions_child import COUNTER_TABLE
 
 pytestmark = pytest.mark.django_db(transaction=True)

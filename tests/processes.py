@@ -1,8 +1,13 @@
-"""Helpers for the lock tests: child processes, files that coordinate them, DB clock.
+"""The real processes of the tests: starting them, coordinating with them, watching them.
 
-Child processes run `python -m tests.fixtures_lock ACTION ...` (or a management
-command) with the environment of `child_env()`: they import the same `tests`
-and `marathon` as pytest does and use the test database pytest-django made.
+The parent side starts children (`start_child`, `start_python`,
+`run_command`, ...), coordinates with them through files (`touch`,
+`wait_for_file`) and watches the database and threads they share
+(`db_now`, `server_connections`, `heartbeat_threads`). The child side is at
+the end: children run `python -m tests.processes ACTION ...` (or a
+management command) with the environment of `child_env()`: they import the
+same `tests` and `marathon` as pytest does and use the test database
+pytest-django made.
 """
 
 import datetime
@@ -37,9 +42,9 @@ def child_env(**extra):
 
 
 def start_child(*args, **kwargs):
-    """Start `python -m tests.fixtures_lock *args`; stdout/stderr are pipes."""
+    """Start `python -m tests.processes *args`; stdout/stderr are pipes."""
     return start_python(
-        ["-m", "tests.fixtures_lock"] + [str(arg) for arg in args], **kwargs
+        ["-m", "tests.processes"] + [str(arg) for arg in args], **kwargs
     )
 
 
