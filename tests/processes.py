@@ -24,6 +24,9 @@ import tests
 TESTS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tests.__file__)))
 MARATHON_DIR = os.path.dirname(os.path.abspath(marathon.__file__))
 DEADLINE = 10.0  # seconds: the longest any coordination step may take
+# The timing of a lock that should beat and go stale quickly: Marathon(name,
+# **FAST). stale_after leaves slack for a loaded CI machine.
+FAST = {"heartbeat": 0.2, "stale_after": 2.0}
 
 _pause = threading.Event().wait  # works under libfaketime, unlike time.sleep
 

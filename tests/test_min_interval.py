@@ -28,9 +28,7 @@ from tests.processes import (
     finish,
     run_command,
     run_python,
-    start_child,
     wait_for,
-    wait_for_file,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,12 +112,10 @@ def test_a_lost_run_does_not_count():
     assert run_once("lost-run")["ran"]
 
 
-def test_an_abandoned_run_does_not_count_and_the_taker_knows(tmp_path):
-    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
-    child = start_child("hold", "crashed", ready, release, 0.2, 1.0)
-    facts = json.loads(wait_for_file(ready, process=child))
-    os.kill(child.pid, signal.SIGKILL)
-    finish(child)  # reaped, its pipes closed
+def test_an_abandoned_run_does_not_count_and_the_taker_knows(holder):
+    facts = holder("crashed", heartbeat=0.2, stale_after=1.0)
+    os.kill(facts["pid"], signal.SIGKILL)
+    finish(facts["process"])  # reaped, its pipes closed
     took = []
 
     def receiver(sender, name, took_over, **kwargs):
