@@ -48,6 +48,12 @@ def _db_unblocked(config):
         return _blocking_manager.unblock()
 
 
+def pytest_configure(config):
+    # Child processes apply the very warning filters pytest applies (one list:
+    # setup.cfg's filterwarnings); tests/settings.py reads them from here.
+    os.environ["MARATHON_TEST_WARNINGS"] = json.dumps(config.getini("filterwarnings"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     from django.db import connection
