@@ -567,6 +567,8 @@ def test_busy_sqlite_is_retried_within_wait(spawn):
 # ---- Leaks ----
 
 
+# 1000 cycles: the child has 60 s to start and 200 s to report; it may take both.
+@pytest.mark.timeout(300)
 def test_no_threads_or_connections_leak(spawn):
     child = spawn("leaks", name="leaks", cycles=1000, atomic_cycles=100)
     started(child)
