@@ -14,20 +14,6 @@ import warnings
 from tests.processes import run_python
 from tests.test_usersuite import USERSUITE, run_usersuite
 
-# A child: Django set up with the tests' settings, then it warns (argv[1] is
-# the message) or, with no argument, prints the filters it applies.
-CHILD = r"""
-import json, sys, warnings
-import django
-django.setup()
-if len(sys.argv) > 1:
-    warnings.warn(sys.argv[1], DeprecationWarning)
-    print("went on")
-else:
-    from tests.test_warnings import described
-    print(json.dumps(described(warnings.filters)))
-"""
-
 
 def described(filters):
     """warnings.filters as JSON-able rows: (action, message, category, module, lineno)."""
@@ -41,6 +27,25 @@ def described(filters):
         ]
         for action, message, category, module, lineno in filters
     ]
+
+
+# A child: Django set up with the settings of its environment, then it warns
+# (argv[1] is the message) or, with no argument, prints the filters it
+# applies. It brings described() along rather than import this module (with
+# pytest, whose imports warn on Python 3.6).
+CHILD = (
+    "import json, sys, warnings\n"
+    + inspect.getsource(described)
+    + """
+import django
+django.setup()
+if len(sys.argv) > 1:
+    warnings.warn(sys.argv[1], DeprecationWarning)
+    print("went on")
+else:
+    print(json.dumps(described(warnings.filters)))
+"""
+)
 
 
 def child(*args):
@@ -85,15 +90,7 @@ def test_the_user_projects_copies_are_the_suites_list(pytestconfig):
         if line.strip() and not line.strip().startswith("#")
     ]
     assert copied == lines
-    code, output = run_usersuite(
-        "django",
-        [
-            "-c",
-            "import json, warnings, django\n"
-            + inspect.getsource(described)
-            + "django.setup()\nprint(json.dumps(described(warnings.filters)))",
-        ],
-    )
+    code, output = run_usersuite("django", ["-c", CHILD])
     assert code == 0, output
     in_user_project = json.loads(output.strip().splitlines()[-1])[: len(lines)]
     code, out, err = child()
