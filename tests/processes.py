@@ -3,11 +3,11 @@
 The parent side starts children (`start_child`, `start_python`,
 `run_command`, ...), coordinates with them through files (`touch`,
 `wait_for_file`) and watches the database and threads they share
-(`db_now`, `server_connections`, `heartbeat_threads`). The child side is at
-the end: children run `python -m tests.processes ACTION ...` (or a
-management command) with the environment of `child_env()`: they import the
-same `tests` and `marathon` as pytest does and use the test database
-pytest-django made.
+(`db_now`, `server_connections`, `heartbeat_threads`), with the timings the
+test modules share (`FAST`, `DEADLINE`). The child side is at the end:
+children run `python -m tests.processes ACTION ...` (or a management
+command) with the environment of `child_env()`: they import the same `tests`
+and `marathon` as pytest does and use the test database pytest-django made.
 """
 
 import datetime
