@@ -16,13 +16,17 @@ from tests.test_usersuite import USERSUITE, run_usersuite
 
 
 def described(filters):
-    """warnings.filters as JSON-able rows: (action, message, category, module, lineno)."""
+    """warnings.filters as JSON-able rows: (action, message, category, module, lineno).
+
+    A message or module may be a regex, a str or None; an empty one matches
+    anything, as None does (Python 3.6 keeps filterwarnings()'s "" as a regex).
+    """
     return [
         [
             action,
-            getattr(message, "pattern", message),  # a regex, a str or None
+            getattr(message, "pattern", message) or None,
             "%s.%s" % (category.__module__, category.__qualname__),
-            getattr(module, "pattern", module),
+            getattr(module, "pattern", module) or None,
             lineno,
         ]
         for action, message, category, module, lineno in filters
