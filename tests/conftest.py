@@ -1,8 +1,18 @@
+import json
 import os
 import platform
 
 import django
 import pytest
+
+from tests.processes import (
+    FAST,
+    finish,
+    start_child,
+    start_command,
+    touch,
+    wait_for_file,
+)
 
 # --- Database server check and report header ---------------------------------
 
@@ -38,6 +48,12 @@ def _db_unblocked(config):
         return _blocking_manager.unblock()
 
 
+def pytest_configure(config):
+    # Child processes apply the very warning filters pytest applies (one list:
+    # setup.cfg's filterwarnings); tests/settings.py reads them from here.
+    os.environ["MARATHON_TEST_WARNINGS"] = json.dumps(config.getini("filterwarnings"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     from django.db import connection
@@ -71,3 +87,67 @@ def pytest_report_header(config):
         platform.python_version(),
         platform.python_implementation(),
     )
+
+
+# --- Fixtures shared by the test modules -------------------------------------
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a child process that holds a lock until the test lets it go.
+
+    holder(name, heartbeat=..., stale_after=...) waits until the child holds
+    `name` and returns what it reported ("fence", "owner", "pid"), with its
+    "process" and a "release" function. A child still holding at the end is
+    released; every child is waited for.
+    """
+    children = []
+
+    def start(name, heartbeat=FAST["heartbeat"], stale_after=FAST["stale_after"]):
+        ready, release = (
+            str(tmp_path / ("hold-ready-%d" % len(children))),
+            str(tmp_path / ("hold-release-%d" % len(children))),
+        )
+        child = start_child("hold", name, ready, release, heartbeat, stale_after)
+        children.append((child, release))
+        info = json.loads(wait_for_file(ready, process=child))
+        info.update(process=child, release=lambda: touch(release))
+        return info
+
+    yield start
+    for child, release in children:
+        if child.poll() is None:
+            touch(release)
+        # Closed if the test waited for it already: Python 3.6 cannot
+        # communicate() twice.
+        if not child.stdout.closed:
+            finish(child)
+
+
+@pytest.fixture
+def running(tmp_path):
+    """Start a management command as a process and wait until its handle() runs.
+
+    running(command, *args) passes the command --ready and --wait-for files
+    (tests/testapp's commands take them) and returns (process, the facts it
+    wrote when ready, a function that lets it end). A command still running at
+    the end is let go; every process is waited for.
+    """
+    started = []
+
+    def start(name, *args):
+        ready, release = (
+            str(tmp_path / ("run-ready-%d" % len(started))),
+            str(tmp_path / ("run-release-%d" % len(started))),
+        )
+        process = start_command(name, "--ready", ready, "--wait-for", release, *args)
+        started.append((process, release))
+        seen = json.loads(wait_for_file(ready, process=process))
+        return process, seen, lambda: touch(release)
+
+    yield start
+    for process, release in started:
+        if process.poll() is None:
+            touch(release)
+        if not process.stdout.closed:  # else the test waited for it
+            finish(process)

@@ -1,7 +1,7 @@
 """Processes that fork while they hold a lock, for tests/test_fork.py.
 
 Run as ``python -m tests.fork_child ACTION`` with the environment of
-``tests.fixtures_lock.child_env()`` (the test database). Each action prints
+``tests.processes.child_env()`` (the test database). Each action prints
 one JSON object on its last line of stdout: the facts the test asserts. A
 forked child reports to its parent through a pipe and always ends with
 os._exit(), so that it never runs the parent's cleanup; the parent waits

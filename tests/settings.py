@@ -10,6 +10,7 @@ MARATHON_TEST_CHILD=1: they then use the TEST database that pytest-django
 created, as their default database.
 """
 
+import json
 import os
 import re
 import tempfile
@@ -88,19 +89,43 @@ else:
         },
     }
 
+
+def apply_warning_filters(lines):
+    """Apply pytest's `filterwarnings` lines (action:message:category:module:lineno)
+    as pytest applies its ini list: in order, so a later line wins; message and
+    module are regular expressions; an empty category means Warning."""
+    import builtins
+    import importlib
+
+    for line in lines:
+        parts = [part.strip() for part in line.split(":")]
+        if len(parts) > 5:
+            raise ValueError("too many fields in warning filter %r" % line)
+        action, message, category, module, lineno = parts + [""] * (5 - len(parts))
+        if not category:
+            category = Warning
+        elif "." in category:
+            where, _, name = category.rpartition(".")
+            category = getattr(importlib.import_module(where), name)
+        else:
+            category = getattr(builtins, category)
+        warnings.filterwarnings(
+            action, message, category, module, int(lineno) if lineno else 0
+        )
+
+
 if CHILD:
-    # A child process talks to the database pytest-django created.
+    # A child process talks to the database pytest-django created...
     _default["NAME"] = _default["TEST"]["NAME"]
-    # ...and treats warnings as errors, as pytest does (setup.cfg
-    # [tool:pytest] filterwarnings; keep the two lists in step).
-    warnings.simplefilter("error")
-    # Django 3.1/3.2 import `cgi`, deprecated in Python 3.11.
-    warnings.filterwarnings("ignore", r"'cgi' is deprecated", DeprecationWarning)
-    # Django 3.1 parses driver versions (psycopg2) with distutils'
-    # LooseVersion, whose setuptools copy warns.
-    warnings.filterwarnings(
-        "ignore", r"distutils Version classes are deprecated", DeprecationWarning
-    )
+    # ...and applies the warning filters pytest applies: setup.cfg's
+    # [tool:pytest] filterwarnings, the one list, which conftest.py passes on
+    # to every child in MARATHON_TEST_WARNINGS (JSON).
+    if "MARATHON_TEST_WARNINGS" not in os.environ:
+        raise RuntimeError(
+            "MARATHON_TEST_WARNINGS is not set: start child processes from the "
+            "tests (by hand: MARATHON_TEST_WARNINGS='[\"error\"]')"
+        )
+    apply_warning_filters(json.loads(os.environ["MARATHON_TEST_WARNINGS"]))
 
 if os.environ.get("MARATHON_TEST_AUTOCOMMIT") == "0":
     _default["AUTOCOMMIT"] = False  # a project that manages its transactions by hand

@@ -20,7 +20,7 @@ from django.db import connection, models
 import marathon
 import marathon_migrations
 from tests import settings as test_settings
-from tests.fixtures_lock import child_env, run_python
+from tests.processes import child_env, run_python
 
 
 def probe(settings_module, *args):

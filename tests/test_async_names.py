@@ -16,21 +16,16 @@ from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon
-from tests.fixtures_lock import (
-    finish,
+from tests.processes import (
+    DEADLINE,
+    FAST,
     run_python,
-    start_child,
-    touch,
-    wait_for_file,
 )
-from tests.fixtures_lock import (
+from tests.processes import (
     run_coroutine as run,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}
-BOUND = 10.0
 
 
 def rows(name):
@@ -39,32 +34,9 @@ def rows(name):
 
 def seen_from_another_process(name):
     """Whether another process finds `name` held (it tries once, at once)."""
-    code, out, err = run_python(["-m", "tests.fixtures_lock", "try", name, "0"])
+    code, out, err = run_python(["-m", "tests.processes", "try", name, "0"])
     assert code == 0, err
     return not json.loads(out)["acquired"]
-
-
-@pytest.fixture
-def holder(tmp_path):
-    """A child process holding a lock until the test lets it go: holder(name) -> release()."""
-    children = []
-
-    def hold(name):
-        ready, release = (
-            str(tmp_path / (name + ".ready")),
-            str(tmp_path / (name + ".release")),
-        )
-        child = start_child(
-            "hold", name, ready, release, FAST["heartbeat"], FAST["stale_after"]
-        )
-        children.append((child, release))
-        wait_for_file(ready, process=child)
-        return lambda: touch(release)
-
-    yield hold
-    for child, release in children:
-        touch(release)
-        finish(child)
 
 
 # ---- async with, aacquire, arelease ----
@@ -86,13 +58,13 @@ def test_async_with_holds_the_lock_across_awaits():
 
 
 def test_aacquire_and_arelease_mean_what_acquire_and_release_mean(holder):
-    release_holder = holder("async-taken")
+    release_holder = holder("async-taken")["release"]
 
     async def job():
         lock = Marathon("async-taken", **FAST)
         first = await lock.aacquire()
         release_holder()
-        second = await lock.aacquire(wait=BOUND)
+        second = await lock.aacquire(wait=DEADLINE)
         return first, second, await lock.arelease(), await lock.arelease()
 
     assert run(job()) == (False, True, True, False)
@@ -111,7 +83,7 @@ def test_async_with_raises_already_running_with_the_holder(holder):
 
 
 def test_the_event_loop_keeps_ticking_while_waiting(holder):
-    release_holder = holder("async-wait")
+    release_holder = holder("async-wait")["release"]
     ticks = []
 
     async def ticker(stop):
@@ -122,7 +94,7 @@ def test_the_event_loop_keeps_ticking_while_waiting(holder):
     async def job():
         stop = asyncio.Event()
         ticking = asyncio.ensure_future(ticker(stop))
-        lock = Marathon("async-wait", wait=BOUND, **FAST)
+        lock = Marathon("async-wait", wait=DEADLINE, **FAST)
         waiting = asyncio.ensure_future(lock.aacquire())
         await asyncio.sleep(0.5)
         before_release = len(ticks)
@@ -139,10 +111,10 @@ def test_the_event_loop_keeps_ticking_while_waiting(holder):
 
 
 def test_a_task_cancelled_while_waiting_leaves_nothing_behind(holder):
-    release_holder = holder("async-cancel-wait")
+    release_holder = holder("async-cancel-wait")["release"]
 
     async def job():
-        lock = Marathon("async-cancel-wait", wait=BOUND, **FAST)
+        lock = Marathon("async-cancel-wait", wait=DEADLINE, **FAST)
         waiting = asyncio.ensure_future(lock.aacquire())
         await asyncio.sleep(0.3)
         waiting.cancel()
@@ -175,7 +147,7 @@ def test_a_task_cancelled_inside_the_block_releases_the_lock():
     async def job():
         async with Marathon("async-cancel-block", **FAST):
             entered.append(rows_in_thread("async-cancel-block"))
-            await asyncio.sleep(BOUND)
+            await asyncio.sleep(DEADLINE)
 
     async def main():
         task = asyncio.ensure_future(job())
@@ -229,7 +201,7 @@ def test_a_name_field_gives_a_lock_per_argument():
     def sync(shop_id, block=False):
         if block:
             inside.set()
-            leave.wait(BOUND)
+            leave.wait(DEADLINE)
         return (
             Lock.objects.using("default").filter(name="sync-shop-%s" % shop_id).exists()
         )
@@ -243,13 +215,13 @@ def test_a_name_field_gives_a_lock_per_argument():
     first = threading.Thread(target=in_thread)
     first.start()
     try:
-        assert inside.wait(BOUND)
+        assert inside.wait(DEADLINE)
         assert sync(2) is True  # another shop runs side by side
         with pytest.raises(AlreadyRunning):
             sync(1)  # the same shop excludes
     finally:
         leave.set()
-        first.join(BOUND)
+        first.join(DEADLINE)
 
 
 def test_fields_use_attributes_indexes_defaults_and_literal_braces():
@@ -306,7 +278,7 @@ def test_a_filled_name_that_breaks_the_rules_fails_before_any_query(
 # ---- SingleRunnerCommand.lock_name from options ----
 
 
-def test_command_lock_name_is_filled_from_options(tmp_path):
+def test_command_lock_name_is_filled_from_options(running):
     out, err = io.StringIO(), io.StringIO()
     call_command("marathon_template", "--shop", "3", stdout=out, stderr=err)
     facts = json.loads(
@@ -315,27 +287,16 @@ def test_command_lock_name_is_filled_from_options(tmp_path):
         ]
     )
     assert facts["lock"] == "sync-shop-3" and facts["row"] is True
-    # Another shop runs while shop 3 is held; shop 3 itself skips.
-    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
-    from tests.fixtures_lock import start_command
-
-    running = start_command(
-        "marathon_template", "--shop", "3", "--ready", ready, "--wait-for", go
+    # Another shop runs while shop 3 is held (until the test ends); shop 3 itself skips.
+    running("marathon_template", "--shop", "3")
+    out, err = io.StringIO(), io.StringIO()
+    call_command("marathon_template", "--shop", "4", stdout=out, stderr=err)
+    assert "Task completed." in out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("marathon_template", "--shop", "3", stdout=out, stderr=err)
+    assert (
+        "already running" in err.getvalue() and "Task completed." not in out.getvalue()
     )
-    try:
-        wait_for_file(ready, process=running)
-        out, err = io.StringIO(), io.StringIO()
-        call_command("marathon_template", "--shop", "4", stdout=out, stderr=err)
-        assert "Task completed." in out.getvalue()
-        out, err = io.StringIO(), io.StringIO()
-        call_command("marathon_template", "--shop", "3", stdout=out, stderr=err)
-        assert (
-            "already running" in err.getvalue()
-            and "Task completed." not in out.getvalue()
-        )
-    finally:
-        touch(go)
-        finish(running)
 
 
 # ---- What the second review found ----
@@ -348,12 +309,12 @@ def _cancel_while_the_attempt_runs(lock, times):
     def hook(point, **facts):
         if point == "acquire.taken":
             reached.set()
-            go.wait(BOUND)
+            go.wait(DEADLINE)
 
     async def job():
         attempt = asyncio.ensure_future(lock.aacquire())
         loop = asyncio.get_event_loop()
-        assert await loop.run_in_executor(None, reached.wait, BOUND)
+        assert await loop.run_in_executor(None, reached.wait, DEADLINE)
         for _ in range(times):  # anyio's cancel scopes cancel again and again
             attempt.cancel()
             await asyncio.sleep(0)

@@ -12,18 +12,13 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import (
+from tests.processes import (
+    FAST,
     finish,
     run_command,
-    start_child,
-    start_command,
-    touch,
-    wait_for_file,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}  # slack for a loaded CI machine
 
 
 def call(name, *args):
@@ -89,19 +84,17 @@ def test_held_lock_with_exit_code_raises_command_error_in_process():
     assert "already running" in str(caught.value)
 
 
-def test_lock_wait_waits_for_the_holder(tmp_path):
-    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
-    holder = start_child("hold", "waiting-task", ready, release, 0.1, 0.5)
-    wait_for_file(ready, process=holder)
+def test_lock_wait_waits_for_the_holder(holder):
+    held = holder("waiting-task", heartbeat=0.1, stale_after=0.5)
     releaser = threading.Timer(
-        0.3, touch, args=(release,)
+        0.3, held["release"]
     )  # the command must be waiting by then, or not: it passes
     releaser.start()
     try:
         _, out, err = call("marathon_wait")
     finally:
         releaser.join()
-        finish(holder)
+        finish(held["process"])
     assert facts(out)["row"] is True and "Task completed." in out, err
 
 
@@ -112,28 +105,6 @@ def test_exception_in_handle_propagates_and_releases():
 
 
 # ---- real processes: exit codes and signals ----
-
-
-@pytest.fixture
-def running(tmp_path):
-    """Start a command as a process and wait until its handle() runs."""
-    started = []
-
-    def start(name, *args):
-        ready, release = (
-            str(tmp_path / ("ready%d" % len(started))),
-            str(tmp_path / ("release%d" % len(started))),
-        )
-        process = start_command(name, "--ready", ready, "--wait-for", release, *args)
-        started.append((process, release))
-        seen = json.loads(wait_for_file(ready, process=process))
-        return process, seen, lambda: touch(release)
-
-    yield start
-    for process, release in started:
-        if process.poll() is None:
-            touch(release)
-            finish(process)
 
 
 def test_second_run_is_skipped_with_status_0_while_the_first_runs(running):

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from django.db import connection
 
-from tests.fixtures_lock import child_env, run_python
+from tests.processes import child_env, run_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

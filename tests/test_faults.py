@@ -36,7 +36,7 @@ ROOT = os.path.dirname(
 )  # holds the `tests` package
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 HEARTBEAT, STALE_AFTER = 0.5, 2.0  # the timing of every fault test below
-FAST = {"heartbeat": HEARTBEAT, "stale_after": STALE_AFTER}
+TIMING = {"heartbeat": HEARTBEAT, "stale_after": STALE_AFTER}
 
 # Age of a lock's heartbeat in seconds, by the database's clock.
 AGE = {
@@ -218,7 +218,7 @@ LOSER_BOUND = {"postgresql": 1.0, "mysql": 1.0, "sqlite": 3.0}
 
 
 def test_race_one_winner_per_round_and_losers_return_at_once(spawn):
-    children = [spawn("race", name="race", **FAST) for _ in range(CONTENDERS)]
+    children = [spawn("race", name="race", **TIMING) for _ in range(CONTENDERS)]
     for child in children:
         started(child)
         child.expect("ready", 60)
@@ -255,10 +255,10 @@ def test_race_one_winner_per_round_and_losers_return_at_once(spawn):
 
 
 def test_crash_takeover_after_stale_after(spawn):
-    holder = spawn("hold", name="crash", **FAST)
+    holder = spawn("hold", name="crash", **TIMING)
     started(holder)
     holder.expect("held", 30)
-    waiter = spawn("hold", name="crash", wait=30, **FAST)
+    waiter = spawn("hold", name="crash", wait=30, **TIMING)
     started(waiter)
     waiter.expect("trying", 30)
     # For longer than stale_after the heartbeat keeps the lock: the waiter waits.
@@ -288,10 +288,10 @@ def test_crash_takeover_after_stale_after(spawn):
 
 
 def test_pause_holder_learns_of_the_takeover_and_leaves_it_alone(spawn):
-    holder = spawn("hold", name="pause", **FAST)
+    holder = spawn("hold", name="pause", **TIMING)
     started(holder)
     holder.expect("held", 30)
-    waiter = spawn("hold", name="pause", wait=30, **FAST)
+    waiter = spawn("hold", name="pause", wait=30, **TIMING)
     started(waiter)
     waiter.expect("trying", 30)
     holder.signal(signal.SIGSTOP)
@@ -343,7 +343,7 @@ def heartbeat_sessions(main_session):
 
 def test_dropped_heartbeat_session_reconnects(spawn):
     needs_sessions()
-    holder = spawn("hold", name="drop", **FAST)
+    holder = spawn("hold", name="drop", **TIMING)
     started(holder)
     main_session = holder.expect("trying", 30)["backend"]
     holder.expect("held", 30)
@@ -407,7 +407,7 @@ def test_unreachable_database_ends_in_a_reported_loss(spawn, fault):
             env={prefix + "HOST": "127.0.0.1", prefix + "PORT": str(proxy.port)},
             name="unreachable",
             exit_on_lost=True,
-            **FAST,
+            **TIMING,
         )
         started(holder)
         holder.expect("held", 30)
@@ -460,15 +460,15 @@ def test_clock_skew_neither_steals_nor_loses(spawn, skew):
     }
     # A fresh lock of a normal process, tried by a skewed one for longer than stale_after;
     # a lock of a skewed process, held for over 2 * stale_after while a normal process tries it.
-    holder = spawn("hold", name="fresh", **FAST)
-    skewed_holder = spawn("hold", env=skewed, name="skewed", **FAST)
+    holder = spawn("hold", name="fresh", **TIMING)
+    skewed_holder = spawn("hold", env=skewed, name="skewed", **TIMING)
     offsets = {}
     for child in (holder, skewed_holder):
         offsets[child] = started(child)["time"] - time.time()
         child.expect("held", 30)
-    thief = spawn("attempt", env=skewed, name="fresh", wait=STALE_AFTER + 1.0, **FAST)
+    thief = spawn("attempt", env=skewed, name="fresh", wait=STALE_AFTER + 1.0, **TIMING)
     prober = spawn(
-        "attempt", name="skewed", tries=10, every=(2 * STALE_AFTER + 0.5) / 10, **FAST
+        "attempt", name="skewed", tries=10, every=(2 * STALE_AFTER + 0.5) / 10, **TIMING
     )
     for child in (thief, prober):
         offsets[child] = started(child)["time"] - time.time()
@@ -567,6 +567,8 @@ def test_busy_sqlite_is_retried_within_wait(spawn):
 # ---- Leaks ----
 
 
+# 1000 cycles: the child has 60 s to start and 200 s to report; it may take both.
+@pytest.mark.timeout(300)
 def test_no_threads_or_connections_leak(spawn):
     child = spawn("leaks", name="leaks", cycles=1000, atomic_cycles=100)
     started(child)

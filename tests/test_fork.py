@@ -24,14 +24,12 @@ import pytest
 from django.db import connection
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import start_python
+from tests.processes import FAST, start_python
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()"),
 ]
-
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}
 
 
 def run_fork_child(action, *args, **kwargs):

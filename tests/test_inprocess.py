@@ -29,19 +29,23 @@ from marathon import (
     lock_acquired,
     lock_lost,
 )
-from tests.fixtures_lock import child_env, heartbeat_threads, start_python, wait_for
+from tests.processes import (
+    DEADLINE,
+    FAST,
+    child_env,
+    heartbeat_threads,
+    start_python,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}
-BOUND = 10.0  # seconds: the longest any forced step may take
 
 
 def row(name):
     return Lock.objects.using("default").filter(name=name).first()
 
 
-def beaten(name, timeout=BOUND):
+def beaten(name, timeout=DEADLINE):
     """Wait until the heartbeat refreshes `name`'s row twice more; fail if it never does."""
     first = row(name).heartbeat_at
     wait_for(
@@ -77,7 +81,7 @@ class Seam:
         self.facts = facts
         self.thread = threading.current_thread()
         self.reached.set()
-        assert self.go.wait(BOUND), "the test never let %s go" % self.point
+        assert self.go.wait(DEADLINE), "the test never let %s go" % self.point
         if self.action is not None:
             self.action()
 
@@ -108,7 +112,7 @@ def test_release_between_due_and_beat_keeps_the_heartbeat_alive(caplog):
     first = Marathon("due-then-released", **FAST)
     with seam("heartbeat.beat") as stopped:
         assert first.acquire()
-        assert stopped.reached.wait(BOUND), "no beat became due"
+        assert stopped.reached.wait(DEADLINE), "no beat became due"
         assert (
             first.release()
         )  # while the heartbeat stands between its snapshot and its UPDATE
@@ -131,7 +135,7 @@ def test_acquire_while_the_idle_heartbeat_decides_to_end_is_beaten(monkeypatch):
     with seam("heartbeat.idle") as stopped:
         assert lock.acquire()
         assert lock.release()
-        assert stopped.reached.wait(BOUND)
+        assert stopped.reached.wait(DEADLINE)
         threading.Event().wait(
             0.1
         )  # past the linger: the thread will decide to end when let go
@@ -148,7 +152,9 @@ def test_a_heartbeat_thread_that_cannot_start_leaves_no_row():
     def refuse():
         raise RuntimeError("can't start new thread")
 
-    wait_for(lambda: not heartbeat_threads(), BOUND, "earlier heartbeat threads to end")
+    wait_for(
+        lambda: not heartbeat_threads(), DEADLINE, "earlier heartbeat threads to end"
+    )
     with seam("heartbeat.start", action=refuse) as stopped:
         stopped.go.set()
         with pytest.raises(RuntimeError, match="can't start new thread"):
@@ -175,9 +181,9 @@ def test_a_heartbeat_thread_that_dies_hands_its_holds_on(monkeypatch):
     lock = Marathon("orphan", **FAST)
     with seam("heartbeat.beat", action=die) as stopped:
         assert lock.acquire()
-        assert stopped.reached.wait(BOUND)
+        assert stopped.reached.wait(DEADLINE)
         stopped.go.set()
-        stopped.thread.join(BOUND)
+        stopped.thread.join(DEADLINE)
         assert not stopped.thread.is_alive()
     try:
         assert beaten("orphan")
@@ -217,7 +223,7 @@ def test_churn_of_many_threads_leaves_every_hold_beaten():
     finally:
         stop.set()
         for thread in threads:
-            thread.join(BOUND)
+            thread.join(DEADLINE)
         sys.setswitchinterval(previous)
     assert errors == []
     lock = Marathon("after-churn", **FAST)
@@ -268,7 +274,7 @@ def test_a_slow_loss_handler_does_not_stall_other_locks(slow):
 
     def block(*args, **kwargs):
         entered.set()
-        leave.wait(BOUND)
+        leave.wait(DEADLINE)
 
     class Handler(logging.Handler):
         def emit(self, record):
@@ -288,7 +294,7 @@ def test_a_slow_loss_handler_does_not_stall_other_locks(slow):
         Lock.objects.using("default").filter(
             name="doomed"
         ).delete()  # an operator releases it
-        assert entered.wait(BOUND), "the loss was never reported"
+        assert entered.wait(DEADLINE), "the loss was never reported"
         assert doomed.lost
         assert beaten("healthy")  # while the handler is still blocked
         assert healthy.held and not healthy.lost
@@ -476,7 +482,7 @@ def test_lost_is_reported_as_lock_lost_on_leaving_the_block():
     with pytest.raises(LockLost):
         with Marathon("deleted-under-us", **FAST) as lock:
             Lock.objects.using("default").filter(name="deleted-under-us").delete()
-            wait_for(lambda: lock.lost, BOUND, "the loss")
+            wait_for(lambda: lock.lost, DEADLINE, "the loss")
 
 
 # ---- What the adversarial review found ----
@@ -492,7 +498,7 @@ def test_a_release_deferred_past_a_closed_connection_still_happens():
         connection.close()  # as close_old_connections() does for a broken connection
     close_old_connections()
     wait_for(
-        lambda: row("closed-in-transaction") is None, BOUND, "the deferred release"
+        lambda: row("closed-in-transaction") is None, DEADLINE, "the deferred release"
     )
 
 
@@ -511,7 +517,9 @@ def test_a_release_discarded_by_the_garbage_collector_still_happens(monkeypatch)
     monkeypatch.setattr(marathon, "_collecting", False)
     assert row("collected") is not None  # nothing ran during the "collection"
     wait_for(
-        lambda: row("collected") is None, BOUND, "the heartbeat to have the release run"
+        lambda: row("collected") is None,
+        DEADLINE,
+        "the heartbeat to have the release run",
     )
 
 
@@ -537,10 +545,10 @@ def test_autocommit_false_in_databases_still_commits_every_lock_statement():
                 row("manual-transactions").heartbeat_at
                 > row("manual-transactions").locked_at
             ),
-            BOUND,
+            DEADLINE,
             "a beat",
         )
-        out, err = child.communicate("go\n", timeout=BOUND)
+        out, err = child.communicate("go\n", timeout=DEADLINE)
     finally:
         if child.poll() is None:
             child.kill()
@@ -555,11 +563,11 @@ def test_a_hold_taken_while_a_beat_hangs_is_lost_by_its_own_deadline():
     long = Marathon("long-stale", heartbeat=0.2, stale_after=60)
     with seam("session.refresh") as stuck:
         assert long.acquire()
-        assert stuck.reached.wait(BOUND), "no beat"
+        assert stuck.reached.wait(DEADLINE), "no beat"
         short = Marathon("short-stale", heartbeat=0.2, stale_after=1)
         assert short.acquire()
         taken = time.monotonic()
-        wait_for(lambda: short.lost, BOUND, "the short hold to be lost")
+        wait_for(lambda: short.lost, DEADLINE, "the short hold to be lost")
         assert (
             time.monotonic() - taken < 1.0 + 0.5
         )  # by its deadline, not the long hold's
@@ -586,8 +594,8 @@ def test_a_loss_found_by_the_release_is_reported_as_a_loss():
                 stale_after=60,
             ):
                 Lock.objects.using("default").filter(name="gone-at-release").delete()
-        assert called.wait(BOUND)
-        wait_for(lambda: reported == ["gone-at-release"], BOUND, "lock_lost")
+        assert called.wait(DEADLINE)
+        wait_for(lambda: reported == ["gone-at-release"], DEADLINE, "lock_lost")
     finally:
         lock_lost.disconnect(receiver)
 
@@ -603,7 +611,7 @@ def test_an_on_lost_that_exits_does_not_end_the_reports():
     second = Marathon("exits-b", on_lost=leave, **FAST)
     assert first.acquire() and second.acquire()
     Lock.objects.using("default").filter(name__startswith="exits-").delete()
-    wait_for(lambda: sorted(seen) == ["exits-a", "exits-b"], BOUND, "both reports")
+    wait_for(lambda: sorted(seen) == ["exits-a", "exits-b"], DEADLINE, "both reports")
 
 
 def test_a_paused_holder_knows_at_its_deadline():
@@ -611,7 +619,7 @@ def test_a_paused_holder_knows_at_its_deadline():
     lock = Marathon("paused", heartbeat=0.2, stale_after=1)
     with seam("session.refresh") as stuck:  # the heartbeat cannot confirm it
         assert lock.acquire()
-        wait_for(lambda: not lock.held, BOUND, "held to turn False at the deadline")
+        wait_for(lambda: not lock.held, DEADLINE, "held to turn False at the deadline")
         with pytest.raises(LockLost):
             lock.check()
         stuck.go.set()

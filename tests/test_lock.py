@@ -14,7 +14,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from marathon import AlreadyRunning, Lock, LockLost, Marathon, MarathonError
-from tests.fixtures_lock import (
+from tests.processes import (
+    FAST,
     db_now,
     finish,
     heartbeat_threads,
@@ -27,35 +28,11 @@ from tests.fixtures_lock import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}  # slack for a loaded CI machine
 SQLITE = connection.vendor == "sqlite"
 
 
 def row(name):
     return Lock.objects.using("default").filter(name=name).first()
-
-
-@pytest.fixture
-def holder(tmp_path):
-    """Start a child process that holds a lock until told to release it."""
-    children = []
-
-    def start(name, heartbeat=0.2, stale_after=2.0):
-        ready, release = (
-            str(tmp_path / ("ready-%d" % len(children))),
-            str(tmp_path / ("release-%d" % len(children))),
-        )
-        child = start_child("hold", name, ready, release, heartbeat, stale_after)
-        children.append((child, release))
-        info = json.loads(wait_for_file(ready, process=child))
-        info.update(process=child, release=lambda: touch(release))
-        return info
-
-    yield start
-    for child, release in children:
-        if child.poll() is None:
-            touch(release)
-            finish(child)
 
 
 # ---- acquire and release ----

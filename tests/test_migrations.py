@@ -10,7 +10,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 
 from marathon import AlreadyRunning, Lock, Marathon
-from tests.fixtures_lock import child_env, run_python
+from tests.processes import child_env, run_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

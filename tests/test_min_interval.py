@@ -1,6 +1,6 @@
 """Issue 11: at most once per period, judged by the database's clock, and each lock's last run.
 
-Every run below is a real process (tests/fixtures_lock.py's "interval" action)
+Every run below is a real process (tests/processes.py's "interval" action)
 unless the test needs the lock object itself.
 """
 
@@ -23,14 +23,12 @@ from marathon import (
     RanRecently,
     lock_acquired,
 )
-from tests.fixtures_lock import (
+from tests.processes import (
     child_env,
     finish,
     run_command,
     run_python,
-    start_child,
     wait_for,
-    wait_for_file,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,7 +38,7 @@ FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 def run_once(name, min_interval=60, outcome="ok", env=None):
     code, out, err = run_python(
-        ["-m", "tests.fixtures_lock", "interval", name, str(min_interval), outcome],
+        ["-m", "tests.processes", "interval", name, str(min_interval), outcome],
         env=env,
     )
     assert code == 0, err
@@ -114,12 +112,10 @@ def test_a_lost_run_does_not_count():
     assert run_once("lost-run")["ran"]
 
 
-def test_an_abandoned_run_does_not_count_and_the_taker_knows(tmp_path):
-    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
-    child = start_child("hold", "crashed", ready, release, 0.2, 1.0)
-    facts = json.loads(wait_for_file(ready, process=child))
-    os.kill(child.pid, signal.SIGKILL)
-    finish(child)  # reaped, its pipes closed
+def test_an_abandoned_run_does_not_count_and_the_taker_knows(holder):
+    facts = holder("crashed", heartbeat=0.2, stale_after=1.0)
+    os.kill(facts["pid"], signal.SIGKILL)
+    finish(facts["process"])  # reaped, its pipes closed
     took = []
 
     def receiver(sender, name, took_over, **kwargs):
@@ -178,7 +174,7 @@ def test_hosts_racing_for_one_period_run_once():
         "        pass\n"
         "print(json.dumps(ran))\n"
     )
-    from tests.fixtures_lock import start_python
+    from tests.processes import start_python
 
     children = [start_python(["-c", code]) for _ in range(4)]
     runs = []

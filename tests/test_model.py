@@ -35,6 +35,7 @@ def _summary(output):
     return rows
 
 
+@pytest.mark.timeout(960)  # above check.sh's own bound (900 s), so that fails first
 def test_models_check_and_every_bad_design_fails():
     missing = [tool for tool in ("bash", "spin", "gcc") if shutil.which(tool) is None]
     if missing:

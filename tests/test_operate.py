@@ -17,7 +17,7 @@ from marathon.models import Lock
 
 import marathon
 from marathon import AlreadyRunning, Marathon
-from tests.fixtures_lock import TESTS_PARENT, child_env
+from tests.processes import TESTS_PARENT, child_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,12 +19,10 @@ from django.db import connection
 
 import marathon
 from marathon import AlreadyRunning, Lock, Marathon, lock_skipped
-from tests.fixtures_lock import child_env, db_now
-from tests.fixtures_lock import run_coroutine as run
+from tests.processes import FAST, child_env, db_now
+from tests.processes import run_coroutine as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}
 
 
 @pytest.fixture

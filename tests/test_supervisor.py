@@ -17,12 +17,13 @@ from django.db import connection
 
 from marathon import Lock
 from tests.faultproxy import FaultProxy
-from tests.fixtures_lock import child_env, finish, start_python, wait_for
+from tests.processes import child_env, finish, start_python, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST = ["--heartbeat", "0.2", "--stale-after", "1.0"]
+# Stale sooner than tests.processes.FAST: the takeovers below wait for it.
 HEARTBEAT, STALE_AFTER = 0.2, 1.0
+TIMING = ["--heartbeat", str(HEARTBEAT), "--stale-after", str(STALE_AFTER)]
 
 # The supervised child: reports to a JSON-lines file, then does what argv says:
 # "sleep S", "wait-term" (until SIGTERM, then exit 0), "ignore-term" (never exits by itself).
@@ -92,7 +93,7 @@ def now():
 def test_exit_status_and_stdio_pass_through():
     code = "import sys; line = sys.stdin.readline(); print('out:' + line.strip()); print('err!', file=sys.stderr); sys.exit(3)"
     process = start_python(
-        ["-m", "marathon", "run", "io"] + FAST + ["--", sys.executable, "-c", code],
+        ["-m", "marathon", "run", "io"] + TIMING + ["--", sys.executable, "-c", code],
         stdin=subprocess.PIPE,
     )
     out, err = process.communicate("hello\n", timeout=60)
@@ -109,7 +110,9 @@ def test_exit_status_and_stdio_pass_through():
 def test_a_child_killed_by_a_signal_gives_128_plus_the_signal():
     code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     process = start_python(
-        ["-m", "marathon", "run", "killed"] + FAST + ["--", sys.executable, "-c", code]
+        ["-m", "marathon", "run", "killed"]
+        + TIMING
+        + ["--", sys.executable, "-c", code]
     )
     status, out, err = finish(process, timeout=60)
     assert status == 128 + signal.SIGKILL, err
@@ -128,9 +131,9 @@ def test_missing_command_is_a_usage_error():
 
 def test_two_supervisors_never_run_two_children_and_the_standby_follows(tmp_path):
     log = str(tmp_path / "children.jsonl")
-    first = supervise("beat", log, "sleep", 1.5, options=FAST)
+    first = supervise("beat", log, "sleep", 1.5, options=TIMING)
     wait_for(lambda: events(log), 30, "the first child", process=first)
-    second = supervise("beat", log, "sleep", 0.2, options=FAST)
+    second = supervise("beat", log, "sleep", 0.2, options=TIMING)
     status, _, err = finish(first, timeout=60)
     assert status == 0, err
     status, _, err = finish(second, timeout=60)
@@ -146,10 +149,10 @@ def test_two_supervisors_never_run_two_children_and_the_standby_follows(tmp_path
 
 def test_the_standby_takes_over_from_a_killed_supervisor_and_its_child_dies(tmp_path):
     log = str(tmp_path / "children.jsonl")
-    first = supervise("beat-kill", log, "wait-term", options=FAST)
+    first = supervise("beat-kill", log, "wait-term", options=TIMING)
     wait_for(lambda: events(log), 30, "the first child", process=first)
     first_child = events(log)[0]["pid"]
-    second = supervise("beat-kill", log, "sleep", 0.1, options=FAST)
+    second = supervise("beat-kill", log, "sleep", 0.1, options=TIMING)
     killed = now()
     first.kill()
     finish(first)
@@ -177,11 +180,11 @@ def _alive(pid):
 
 def test_wait_zero_gives_up_at_once_naming_the_holder(tmp_path):
     log = str(tmp_path / "children.jsonl")
-    holder = supervise("busy", log, "wait-term", options=FAST)
+    holder = supervise("busy", log, "wait-term", options=TIMING)
     try:
         wait_for(lambda: events(log), 30, "the holder's child", process=holder)
         status, out, err = finish(
-            supervise("busy", log, "sleep", 0, options=FAST + ["--wait", "0"]),
+            supervise("busy", log, "sleep", 0, options=TIMING + ["--wait", "0"]),
             timeout=60,
         )
         assert status == 75, err
@@ -194,12 +197,12 @@ def test_wait_zero_gives_up_at_once_naming_the_holder(tmp_path):
 
 def test_wait_n_waits_that_long(tmp_path):
     log = str(tmp_path / "children.jsonl")
-    holder = supervise("busy-n", log, "wait-term", options=FAST)
+    holder = supervise("busy-n", log, "wait-term", options=TIMING)
     try:
         wait_for(lambda: events(log), 30, "the holder's child", process=holder)
         started = now()
         status, _, err = finish(
-            supervise("busy-n", log, "sleep", 0, options=FAST + ["--wait", "1"]),
+            supervise("busy-n", log, "sleep", 0, options=TIMING + ["--wait", "1"]),
             timeout=60,
         )
         assert status == 75, err
@@ -215,7 +218,7 @@ def test_wait_n_waits_that_long(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_go_to_the_child_and_its_status_comes_back(tmp_path, signum):
     log = str(tmp_path / "children.jsonl")
-    process = supervise("signalled", log, "wait-term", options=FAST)
+    process = supervise("signalled", log, "wait-term", options=TIMING)
     wait_for(lambda: events(log), 30, "the child", process=process)
     process.send_signal(signum)
     status, _, err = finish(process, timeout=60)
@@ -229,7 +232,7 @@ def test_signals_go_to_the_child_and_its_status_comes_back(tmp_path, signum):
 
 def test_an_operator_release_stops_the_child(tmp_path):
     log = str(tmp_path / "children.jsonl")
-    process = supervise("released", log, "wait-term", options=FAST)
+    process = supervise("released", log, "wait-term", options=TIMING)
     wait_for(lambda: events(log), 30, "the child", process=process)
     Lock.objects.using("default").filter(name="released").delete()
     status, _, err = finish(process, timeout=60)
@@ -254,7 +257,7 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(
         env = child_env(
             **{prefix + "HOST": "127.0.0.1", prefix + "PORT": str(proxy.port)}
         )
-        process = supervise("cut-off", log, child, options=FAST, env=env)
+        process = supervise("cut-off", log, child, options=TIMING, env=env)
         wait_for(lambda: events(log), 30, "the child", process=process)
         child_pid = events(log)[0]["pid"]
         wait_for(
@@ -277,7 +280,7 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(
 
 def test_a_command_that_cannot_run_exits_127():
     process = start_python(
-        ["-m", "marathon", "run", "missing"] + FAST + ["--", "no-such-command-here"]
+        ["-m", "marathon", "run", "missing"] + TIMING + ["--", "no-such-command-here"]
     )
     status, _, err = finish(process, timeout=60)
     assert status == 127, err
@@ -289,7 +292,7 @@ def test_the_child_gets_sigpipe_and_sigxfsz_as_a_shell_would():
     """Python ignores both at startup, and exec keeps ignored signals: the wrapper restores them."""
     process = start_python(
         ["-m", "marathon", "run", "signals"]
-        + FAST
+        + TIMING
         + ["--", "sh", "-c", "grep SigIgn /proc/self/status"]
     )
     status, out, err = finish(process, timeout=60)

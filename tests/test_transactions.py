@@ -20,12 +20,11 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from marathon import Lock, Marathon
-from tests.fixtures_lock import finish, start_python, touch, wait_for, wait_for_file
+from tests.processes import FAST, finish, start_python, touch, wait_for, wait_for_file
 from tests.transactions_child import COUNTER_TABLE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST = {"heartbeat": 0.2, "stale_after": 2.0}  # slack for a loaded CI machine
 SQLITE = connection.vendor == "sqlite"
 POSTGRESQL = connection.vendor == "postgresql"
 CHILD_TIMEOUT = 30  # seconds: a child that takes longer has hung

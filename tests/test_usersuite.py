@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 
 import marathon
-from tests.fixtures_lock import MARATHON_DIR
+from tests.processes import MARATHON_DIR
 from tests.settings import ENV_NAME
 
 USERSUITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "usersuite")

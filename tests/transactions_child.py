@@ -1,7 +1,7 @@
 """Child processes for tests/test_transactions.py.
 
 Run as ``python -m tests.transactions_child ACTION ARGS...`` with the
-environment of ``tests.fixtures_lock.child_env()``, so that the child uses the
+environment of ``tests.processes.child_env()``, so that the child uses the
 test database pytest-django made. Every action prints one JSON object on its
 last line of stdout: the facts the test asserts. Only the public API of
 marathon is used here, so these children hold for any implementation.
@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from tests.fixtures_lock import touch, wait_for
+from tests.processes import touch, wait_for
 
 COUNTER_TABLE = "marathon_test_counter"
 

@@ -83,7 +83,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 INSTALLED_APPS = ["marathon", "usersuite_jobs"]
 MIDDLEWARE = []
 
-# Warnings are errors, as in the suite (keep in step with tests/settings.py).
+# Warnings are errors, as in the suite. A user project of its own, it keeps
+# a copy of the suite's list (setup.cfg [tool:pytest] filterwarnings), as its
+# pytest.ini does; tests/test_warnings.py fails if either copy drifts.
 warnings.simplefilter("error")
 warnings.filterwarnings("ignore", r"'cgi' is deprecated", DeprecationWarning)
 warnings.filterwarnings(

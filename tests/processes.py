@@ -1,6 +1,11 @@
-"""Helpers for the lock tests: child processes, files that coordinate them, DB clock.
+"""The real processes of the tests: starting them, coordinating with them, watching them.
 
-Child processes run `python -m tests.fixtures_lock ACTION ...` (or a management
+The parent side starts children (`start_child`, `start_python`,
+`run_command`, ...), coordinates with them through files (`touch`,
+`wait_for_file`) and watches the database and threads they share
+(`db_now`, `server_connections`, `heartbeat_threads`), with the timings the
+test modules share (`FAST`, `DEADLINE`). The child side is at the end:
+children run `python -m tests.processes ACTION ...` (or a management
 command) with the environment of `child_env()`: they import the same `tests`
 and `marathon` as pytest does and use the test database pytest-django made.
 """
@@ -19,6 +24,9 @@ import tests
 TESTS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tests.__file__)))
 MARATHON_DIR = os.path.dirname(os.path.abspath(marathon.__file__))
 DEADLINE = 10.0  # seconds: the longest any coordination step may take
+# The timing of a lock that should beat and go stale quickly: Marathon(name,
+# **FAST). stale_after leaves slack for a loaded CI machine.
+FAST = {"heartbeat": 0.2, "stale_after": 2.0}
 
 _pause = threading.Event().wait  # works under libfaketime, unlike time.sleep
 
@@ -37,9 +45,9 @@ def child_env(**extra):
 
 
 def start_child(*args, **kwargs):
-    """Start `python -m tests.fixtures_lock *args`; stdout/stderr are pipes."""
+    """Start `python -m tests.processes *args`; stdout/stderr are pipes."""
     return start_python(
-        ["-m", "tests.fixtures_lock"] + [str(arg) for arg in args], **kwargs
+        ["-m", "tests.processes"] + [str(arg) for arg in args], **kwargs
     )
 
 
