@@ -1,0 +1,139 @@
+"""Review 13: reproductions of findings. Each test FAILS on the code as reviewed."""
+
+import threading
+
+import pytest
+from django.db import InterfaceError, connection, transaction
+
+import marathon
+from marathon import Lock, LockLost, Marathon, lock_lost
+from tests.fixtures_lock import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST = {"heartbeat": 0.2, "stale_after": 2.0}
+BOUND = 10.0
+
+
+def row(name):
+    return Lock.objects.using("default").filter(name=name).first()
+
+
+@pytest.fixture(autouse=True)
+def no_hook_left():
+    yield
+    marathon._hook = None
+
+
+def test_release_in_atomic_under_manual_transactions_happens_at_commit():
+    """set_autocommit(False) (or AUTOCOMMIT=False in DATABASES) + atomic(): the release is
+    parked on on_commit, which Django runs only when autocommit is turned back on; the
+    heartbeat waits for autocommit too. After commit() the lock stays held (and beaten)."""
+    transaction.set_autocommit(False)
+    try:
+        with transaction.atomic():
+            with Marathon("manual-atomic", **FAST):
+                pass
+        transaction.commit()  # the outermost transaction has ended
+        # README: "A release inside an atomic block waits for the outermost transaction
+        # to end, by commit or by rollback".
+        other = []
+        t = threading.Thread(
+            target=lambda: other.append(Marathon("manual-atomic", wait=3 * FAST["stale_after"] / 2).acquire())
+        )
+        t.start()
+        t.join()
+        assert other == [True], "the lock is still held after the commit: %r" % (
+            row("manual-atomic") and row("manual-atomic").heartbeat_at,
+        )
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)
+
+
+def test_a_release_whose_reply_was_lost_is_not_a_loss():
+    """The DELETE commits, the connection drops before the reply: _run_here sends it again on a
+    new connection, finds no row (it was ours, and is gone) and reports a loss: LockLost from
+    the `with`, lock_lost sent, an ERROR logged, for a run that released cleanly. The acquire
+    recognises its own row by its token; the release has no such check."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no connection to drop")
+    dropped = []
+
+    def drop_after_commit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not dropped and ("marathon_release" in sql or sql.startswith("DELETE")):
+            dropped.append(sql)
+            context["connection"].connection.close()  # the server committed; the reply is lost
+            raise InterfaceError("connection already closed")
+        return result
+
+    losses = []
+    receiver = lambda sender, **kwargs: losses.append(kwargs["name"])  # noqa: E731
+    lock_lost.connect(receiver, weak=False)
+    connection.ensure_connection()
+    try:
+        with pytest.raises(LockLost):  # should not raise: the release succeeded
+            with connection.execute_wrapper(drop_after_commit):
+                with Marathon("lost-release-reply", **FAST):
+                    pass
+        assert dropped and row("lost-release-reply") is None
+        wait_for(lambda: losses, BOUND, "the lock_lost signal")
+    finally:
+        lock_lost.disconnect(receiver)
+    pytest.fail("a clean release whose reply was lost ended in LockLost and lock_lost: %r" % losses)
+
+
+def test_a_run_rolled_back_after_its_release_does_not_count_as_done():
+    """min_interval: a `with` block that ends cleanly inside atomic() defers its release; the
+    transaction then rolls back (the task's writes are undone), and the deferred release still
+    records outcome "ok". The next run inside the period is refused with RanRecently although
+    nothing of the first run survived (ATOMIC_REQUESTS view that fails after the block)."""
+    from marathon import RanRecently
+
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            with Marathon("once-a-day", min_interval=3600, **FAST):
+                pass  # the day's work, written in the caller's transaction
+            raise RuntimeError("the request fails after the block: everything rolls back")
+    wait_for(lambda: row("once-a-day") is None, BOUND, "the deferred release")
+    try:
+        with Marathon("once-a-day", min_interval=3600, **FAST):
+            pass
+    except RanRecently as refused:
+        pytest.fail("the rolled-back run was recorded as a success: %s" % refused)
+
+
+def test_a_standby_supervisor_outlives_a_busy_sqlite(tmp_path):
+    """`python -m marathon run NAME -- CMD` waits for ever by default, but polls with
+    lock._acquire(0): its plan's deadline is now, so Plan.retry_in() raises the busy error of the
+    first attempt that meets a busy SQLite instead of retrying; the standby dies with a traceback
+    (on PostgreSQL/MySQL, any OperationalError during the wait ends it the same way)."""
+    import sqlite3
+
+    from django.db import OperationalError
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's busy timeout")
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    before = options.get("timeout")
+    options["timeout"] = 0.5
+    connection.close()
+    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, timeout=0, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process writes for 2 s
+    done = threading.Timer(2.0, lambda: other.execute("ROLLBACK"))
+    done.start()
+    try:
+        try:
+            status = marathon._supervise("standby-busy", ["true"], wait=None, heartbeat=0.2, stale_after=2.0)
+        except OperationalError as exc:
+            pytest.fail("the standby supervisor died on a busy database: %s" % exc)
+        assert status == 0
+    finally:
+        done.join()
+        other.close()
+        if before is None:
+            options.pop("timeout", None)
+        else:
+            options["timeout"] = before
+        connection.close()
