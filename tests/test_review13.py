@@ -137,3 +137,31 @@ def test_a_standby_supervisor_outlives_a_busy_sqlite(tmp_path):
         else:
             options["timeout"] = before
         connection.close()
+
+
+def test_an_acquire_whose_reply_was_lost_on_a_fresh_connection_leaves_no_orphan_row():
+    """Django's connection was closed (a fresh thread, a request after CONN_MAX_AGE=0, a command):
+    _run_here opens it for the statement and, since `opened`, never retries. The INSERT committed,
+    the reply was lost: acquire() raises and the row stays, with nobody beating or releasing it,
+    blocking the name for stale_after."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no connection to drop")
+    dropped = []
+
+    def drop_after_commit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not dropped:
+            dropped.append(sql)
+            context["connection"].connection.close()
+            raise InterfaceError("connection already closed")
+        return result
+
+    connection.close()  # as Django leaves it between requests, and as a new thread finds it
+    lock = Marathon("lost-reply-fresh", **FAST)
+    try:
+        with connection.execute_wrapper(drop_after_commit):
+            taken = lock.acquire()
+    except InterfaceError:
+        orphan = row("lost-reply-fresh")
+        pytest.fail("acquire() raised and left an orphan row: %r" % (orphan and orphan.token,))
+    assert taken and lock.release()
