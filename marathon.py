@@ -941,8 +941,38 @@ def _at_transaction_end(connection, pending):
         else:  # inside Django's rollback(): no user code may use the connection here
             _run_pending(pending, during_rollback=True)
 
+    if not connection.commit_on_exit:  # atomic() under manual transaction management
+        _at_manual_end(connection, pending)
+        return
     weakref.finalize(at_commit, discarded).atexit = False
     connection.on_commit(at_commit)
+
+
+def _at_manual_end(connection, pending):
+    """_at_transaction_end() under manual transaction management (set_autocommit(False), or
+    AUTOCOMMIT False in DATABASES), where the outermost atomic() is a savepoint and the
+    transaction ends at the caller's commit() or rollback(). Django runs on_commit callbacks
+    only once autocommit is turned back on, which may be never: so this connection's commit()
+    and rollback() are watched, and the release runs once either has returned. (A connection
+    closed, or autocommit turned back on without either, is noticed by the heartbeat.)"""
+    waiting = vars(connection).get("_marathon_waiting")
+    if waiting is None:
+        waiting = connection._marathon_waiting = []
+        for name in ("commit", "rollback"):
+            setattr(connection, name, _then_release(getattr(connection, name), waiting))
+    waiting.append(pending)
+
+
+def _then_release(end, waiting):
+    """end (a connection's commit or rollback), then the releases that waited for it."""
+
+    @functools.wraps(end)
+    def end_then_release():
+        end()
+        while waiting:
+            _run_pending(waiting.pop(0))
+
+    return end_then_release
 
 
 def _run_pending(pending, **kwargs):

