@@ -2266,19 +2266,48 @@ def _supervise(name, command, wait=None, heartbeat=None, stale_after=None, using
 
 
 def _acquire_unless_signalled(lock, wait, received):
-    """Acquire, polling so that a signal ends a long wait; None if one did."""
+    """Acquire, polling so that a signal ends a long wait; None if one did.
+
+    A standby may wait for hours: once the database has answered, an error of
+    an attempt (a busy SQLite, a server restarting) is logged and the wait goes
+    on. An error before it ever answered is raised: the settings are wrong.
+    """
     deadline = float("inf") if wait is None else time.monotonic() + wait
+    answered, failing = False, None
     for pause in _pauses():
         if received:
             return None
-        outcome = lock._acquire(0)
-        if outcome.fence is not None and received:  # told to stop while the attempt ran
+        try:
+            outcome = lock._attempt(lock._plan(0))
+            error, answered = outcome.busy, True  # a busy SQLite answered too
+        except (OperationalError, InterfaceError) as exc:
+            if not answered:
+                raise
+            outcome, error = None, exc
+        if error is None:
+            if failing is not None:
+                logger.info(
+                    "The database answers again; still waiting for %r.", lock.name
+                )
+            failing = None
+        elif (
+            failing is None or str(error) != failing
+        ):  # once per kind of error, not per attempt
+            failing = str(error)
+            logger.warning(
+                "Waiting for %r: an attempt failed (%s); retrying.", lock.name, error
+            )
+            print("marathon: %s; still waiting." % error, file=sys.stderr, flush=True)
+        if outcome is not None and outcome.fence is not None and received:
+            # told to stop while the attempt ran
             lock.release()
             return None
-        if outcome.fence is not None:
+        if outcome is not None and outcome.fence is not None:
             return outcome
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            if error is not None:
+                raise _explained(error, lock.name, connections[_alias(lock.using)])
             return outcome
         _sleep(min(pause, remaining))
 

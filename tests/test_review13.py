@@ -1,7 +1,5 @@
 """Review 13: reproductions of findings. Each test FAILS on the code as reviewed."""
 
-import threading
-
 import pytest
 from django.db import InterfaceError, connection
 
@@ -61,48 +59,6 @@ def test_a_release_whose_reply_was_lost_is_not_a_loss():
         "a clean release whose reply was lost ended in LockLost and lock_lost: %r"
         % losses
     )
-
-
-def test_a_standby_supervisor_outlives_a_busy_sqlite(tmp_path):
-    """`python -m marathon run NAME -- CMD` waits for ever by default, but polls with
-    lock._acquire(0): its plan's deadline is now, so Plan.retry_in() raises the busy error of the
-    first attempt that meets a busy SQLite instead of retrying; the standby dies with a traceback
-    (on PostgreSQL/MySQL, any OperationalError during the wait ends it the same way)."""
-    import sqlite3
-
-    from django.db import OperationalError
-
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's busy timeout")
-    options = connection.settings_dict.setdefault("OPTIONS", {})
-    before = options.get("timeout")
-    options["timeout"] = 0.5
-    connection.close()
-    other = sqlite3.connect(
-        connection.settings_dict["NAME"],
-        isolation_level=None,
-        timeout=0,
-        check_same_thread=False,
-    )
-    other.execute("BEGIN IMMEDIATE")  # another process writes for 2 s
-    done = threading.Timer(2.0, lambda: other.execute("ROLLBACK"))
-    done.start()
-    try:
-        try:
-            status = marathon._supervise(
-                "standby-busy", ["true"], wait=None, heartbeat=0.2, stale_after=2.0
-            )
-        except OperationalError as exc:
-            pytest.fail("the standby supervisor died on a busy database: %s" % exc)
-        assert status == 0
-    finally:
-        done.join()
-        other.close()
-        if before is None:
-            options.pop("timeout", None)
-        else:
-            options["timeout"] = before
-        connection.close()
 
 
 def test_an_acquire_whose_reply_was_lost_on_a_fresh_connection_leaves_no_orphan_row():
