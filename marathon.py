@@ -978,10 +978,41 @@ def _at_transaction_end(connection, pending):
         if connection.in_atomic_block and not connection.closed_in_transaction:
             _at_transaction_end(connection, pending)
         else:  # inside Django's rollback(): no user code may use the connection here
-            _run_pending(pending, during_rollback=True)
+            _run_pending(pending, during_rollback=True, rolled_back=True)
 
+    if not connection.commit_on_exit:  # atomic() under manual transaction management
+        _at_manual_end(connection, pending)
+        return
     weakref.finalize(at_commit, discarded).atexit = False
     connection.on_commit(at_commit)
+
+
+def _at_manual_end(connection, pending):
+    """_at_transaction_end() under manual transaction management (set_autocommit(False), or
+    AUTOCOMMIT False in DATABASES), where the outermost atomic() is a savepoint and the
+    transaction ends at the caller's commit() or rollback(). Django runs on_commit callbacks
+    only once autocommit is turned back on, which may be never: so this connection's commit()
+    and rollback() are watched, and the release runs once either has returned. (A connection
+    closed, or autocommit turned back on without either, is noticed by the heartbeat.)"""
+    waiting = vars(connection).get("_marathon_waiting")
+    if waiting is None:
+        waiting = connection._marathon_waiting = []
+        for name in ("commit", "rollback"):
+            end = getattr(connection, name)
+            setattr(connection, name, _then_release(end, waiting, name == "rollback"))
+    waiting.append(pending)
+
+
+def _then_release(end, waiting, rolled_back):
+    """end (a connection's commit or rollback), then the releases that waited for it."""
+
+    @functools.wraps(end)
+    def end_then_release():
+        end()
+        while waiting:
+            _run_pending(waiting.pop(0), rolled_back=rolled_back)
+
+    return end_then_release
 
 
 def _run_pending(pending, **kwargs):
@@ -1857,8 +1888,11 @@ class Marathon:
         except Exception:
             logger.exception("Could not record the lost run of %r.", self.name)
 
-    def _release_logged(self, hold, outcome, during_rollback=False):
-        """A release deferred to the end of a transaction: there, an error can only be logged."""
+    def _release_logged(self, hold, outcome, during_rollback=False, rolled_back=False):
+        """A release deferred to the end of a transaction: there, an error can only be logged.
+        A run whose transaction rolled back did not succeed: its work is undone."""
+        if rolled_back and outcome == "ok":
+            outcome = "error"
         try:
             self._release_now(
                 hold, outcome, during_rollback
@@ -2289,19 +2323,48 @@ def _supervise(name, command, wait=None, heartbeat=None, stale_after=None, using
 
 
 def _acquire_unless_signalled(lock, wait, received):
-    """Acquire, polling so that a signal ends a long wait; None if one did."""
+    """Acquire, polling so that a signal ends a long wait; None if one did.
+
+    A standby may wait for hours: once the database has answered, an error of
+    an attempt (a busy SQLite, a server restarting) is logged and the wait goes
+    on. An error before it ever answered is raised: the settings are wrong.
+    """
     deadline = float("inf") if wait is None else time.monotonic() + wait
+    answered, failing = False, None
     for pause in _pauses():
         if received:
             return None
-        outcome = lock._acquire(0)
-        if outcome.fence is not None and received:  # told to stop while the attempt ran
+        try:
+            outcome = lock._attempt(lock._plan(0))
+            error, answered = outcome.busy, True  # a busy SQLite answered too
+        except (OperationalError, InterfaceError) as exc:
+            if not answered:
+                raise
+            outcome, error = None, exc
+        if error is None:
+            if failing is not None:
+                logger.info(
+                    "The database answers again; still waiting for %r.", lock.name
+                )
+            failing = None
+        elif (
+            failing is None or str(error) != failing
+        ):  # once per kind of error, not per attempt
+            failing = str(error)
+            logger.warning(
+                "Waiting for %r: an attempt failed (%s); retrying.", lock.name, error
+            )
+            print("marathon: %s; still waiting." % error, file=sys.stderr, flush=True)
+        if outcome is not None and outcome.fence is not None and received:
+            # told to stop while the attempt ran
             lock.release()
             return None
-        if outcome.fence is not None:
+        if outcome is not None and outcome.fence is not None:
             return outcome
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            if error is not None:
+                raise _explained(error, lock.name, connections[_alias(lock.using)])
             return outcome
         _sleep(min(pause, remaining))
 

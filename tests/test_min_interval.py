@@ -112,6 +112,43 @@ def test_a_lost_run_does_not_count():
     assert run_once("lost-run")["ran"]
 
 
+@pytest.mark.parametrize("manual", [False, True], ids=["atomic", "manual-transactions"])
+def test_a_run_whose_transaction_rolled_back_does_not_count(manual):
+    """Its release waited for the caller's transaction, which then rolled back: its work is undone
+    (an ATOMIC_REQUESTS view that fails after the block), so the next run may run at once."""
+    from django.db import transaction
+
+    class Failed(Exception):
+        pass
+
+    transaction.set_autocommit(not manual)
+    try:
+        with pytest.raises(Failed):
+            with transaction.atomic():
+                with Marathon(
+                    "undone", heartbeat=0.2, stale_after=2, min_interval=3600
+                ):
+                    pass
+                raise Failed
+        if manual:  # the outermost atomic() was a savepoint: the transaction ends here
+            transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert Lock.objects.filter(name="undone").first() is None
+    assert last_run("undone").outcome == "error"
+    assert run_once("undone")["ran"]
+
+
+def test_a_run_whose_transaction_committed_counts():
+    from django.db import transaction
+
+    with transaction.atomic():
+        with Marathon("committed", heartbeat=0.2, stale_after=2, min_interval=3600):
+            pass
+    assert last_run("committed").outcome == "ok"
+    assert not run_once("committed")["ran"]
+
+
 def test_an_abandoned_run_does_not_count_and_the_taker_knows(holder):
     facts = holder("crashed", heartbeat=0.2, stale_after=1.0)
     os.kill(facts["pid"], signal.SIGKILL)

@@ -302,3 +302,82 @@ def test_the_child_gets_sigpipe_and_sigxfsz_as_a_shell_would():
         ignored & (1 << (signal.SIGPIPE - 1)) == 0
         and ignored & (1 << (signal.SIGXFSZ - 1)) == 0
     ), out
+
+
+# ---- A standby outlives a database that fails for a while ----
+
+
+@pytest.fixture
+def outage():
+    """start() makes every new connection fail as the database would while it restarts (refused
+    on PostgreSQL and MariaDB; on SQLite busy: another connection writes); end() ends it."""
+    import sqlite3
+
+    settings = connection.settings_dict
+    saved = {"PORT": settings.get("PORT"), "OPTIONS": dict(settings.get("OPTIONS", {}))}
+    other = []
+
+    def start():
+        if connection.vendor == "sqlite":
+            settings.setdefault("OPTIONS", {})["timeout"] = 0.2
+            db = sqlite3.connect(settings["NAME"], isolation_level=None, timeout=0)
+            db.execute("BEGIN IMMEDIATE")
+            other.append(db)
+        else:
+            settings["PORT"] = 1  # nothing listens there: connection refused
+        connection.close()  # a restart drops it; SQLite's new timeout applies to new ones
+
+    def end():
+        settings["PORT"], settings["OPTIONS"] = saved["PORT"], dict(saved["OPTIONS"])
+        while other:
+            db = other.pop()
+            db.execute("ROLLBACK")
+            db.close()
+
+    yield start, end
+    end()
+    connection.close()
+
+
+def test_a_standby_waits_through_a_database_outage(outage, monkeypatch, capsys):
+    """The standby polls with attempts of its own: an attempt that meets a busy SQLite or a
+    database that refuses connections is logged, and the wait goes on (it died there)."""
+    import marathon
+    from marathon import Marathon
+
+    start, end = outage
+    holder = Marathon("standby-outage", heartbeat=HEARTBEAT, stale_after=10)
+    assert holder.acquire()
+    pauses = []
+
+    def sleep(seconds):  # the standby's pauses between attempts, on this thread
+        pauses.append(seconds)
+        if len(pauses) == 1:  # its first attempt found the lock held
+            # free: on SQLite the next attempt writes (a held lock is only read)
+            assert holder.release()
+            start()
+        elif len(pauses) == 3:  # two attempts failed
+            end()
+
+    monkeypatch.setattr(marathon, "_sleep", sleep)
+    status = marathon._supervise(
+        "standby-outage", ["true"], heartbeat=HEARTBEAT, stale_after=STALE_AFTER
+    )
+    assert status == 0 and len(pauses) == 3
+    assert "still waiting" in capsys.readouterr().err
+    assert lock_row("standby-outage") is None
+
+
+def test_a_standby_that_never_reached_the_database_fails_at_once(outage):
+    """The first attempt fails (wrong settings, no server): that is no outage to wait through."""
+    from django.db import OperationalError
+
+    import marathon
+
+    if connection.vendor == "sqlite":
+        pytest.skip("a busy SQLite did answer: the standby waits (above)")
+    start, end = outage
+    start()
+    connection.close()
+    with pytest.raises(OperationalError):
+        marathon._supervise("standby-unreachable", ["true"], wait=None)

@@ -154,6 +154,61 @@ def test_savepoint_rolled_back_after_the_release_does_not_release_early():
     )  # ...and released when the outermost block ended
 
 
+@pytest.fixture
+def manual_transactions():
+    """set_autocommit(False): the caller commits or rolls back by hand (as AUTOCOMMIT False in DATABASES)."""
+    transaction.set_autocommit(False)
+    yield
+    transaction.rollback()
+    transaction.set_autocommit(True)
+
+
+@pytest.fixture
+def released():
+    """The names lock_released was sent for, in order."""
+    from marathon import lock_released
+
+    names = []
+    receiver = lambda sender, name, **kwargs: names.append(name)  # noqa: E731
+    lock_released.connect(receiver, weak=False)
+    yield names
+    lock_released.disconnect(receiver)
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback", "commit, then autocommit"])
+def test_release_inside_atomic_under_manual_transactions_waits_for_commit_or_rollback(
+    manual_transactions, released, end
+):
+    """The outermost atomic() is then a savepoint: the transaction ends at commit() or rollback(),
+    and the release with it, although Django runs on_commit callbacks only when autocommit comes back."""
+    name = "manual-" + end.split(",")[0]
+    with transaction.atomic():
+        with Marathon(name, **FAST) as lock:
+            pass
+    seen = seen_by_another_process(name)
+    assert seen["outcome"] == "AlreadyRunning", (
+        "released before the transaction ended: %s" % seen
+    )
+    assert seen["owner"] == lock.owner and released == []
+    getattr(transaction, end.split(",")[0])()
+    assert released == [name]  # by commit() or rollback() itself, no later
+    assert seen_by_another_process(name)["outcome"] == "acquired"
+    if end == "commit, then autocommit":  # where Django runs on_commit callbacks
+        transaction.set_autocommit(True)
+        assert released == [name]  # not twice
+
+
+def test_release_outside_atomic_under_manual_transactions_is_sent_at_once(
+    manual_transactions, released
+):
+    """Without atomic() there is no block whose end it could wait for (Django's on_commit() refuses
+    too), and a program that never commits would keep the lock until it went stale."""
+    with Marathon("manual-no-atomic", **FAST):
+        pass
+    assert released == ["manual-no-atomic"]
+    assert seen_by_another_process("manual-no-atomic")["outcome"] == "acquired"
+
+
 # ---- 3. No lost update ----
 
 
