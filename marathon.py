@@ -977,8 +977,14 @@ def _at_transaction_end(connection, pending):
             return
         if connection.in_atomic_block and not connection.closed_in_transaction:
             _at_transaction_end(connection, pending)
-        else:  # inside Django's rollback(): no user code may use the connection here
-            _run_pending(pending, during_rollback=True, rolled_back=True)
+        else:
+            # Inside Django's rollback(), autocommit still off: no user code may use
+            # the connection here. Or after a commit, autocommit back on, when an
+            # earlier on_commit callback raised and Django dropped the rest: the
+            # transaction committed, so the run did not roll back.
+            _run_pending(
+                pending, during_rollback=True, rolled_back=not connection.autocommit
+            )
 
     if not connection.commit_on_exit:  # atomic() under manual transaction management
         _at_manual_end(connection, pending)
@@ -1006,11 +1012,21 @@ def _at_manual_end(connection, pending):
 def _then_release(end, waiting, rolled_back):
     """end (a connection's commit or rollback), then the releases that waited for it."""
 
-    @functools.wraps(end)
-    def end_then_release():
-        end()
+    def release_waiting():
         while waiting:
             _run_pending(waiting.pop(0), rolled_back=rolled_back)
+
+    @functools.wraps(end)
+    def end_then_release():
+        try:
+            end()
+        except BaseException:
+            # A rollback that raised (a broken connection) ended the transaction all
+            # the same; a commit that raised leaves it to the rollback that follows.
+            if rolled_back:
+                release_waiting()
+            raise
+        release_waiting()
 
     return end_then_release
 
@@ -2326,19 +2342,22 @@ def _acquire_unless_signalled(lock, wait, received):
     """Acquire, polling so that a signal ends a long wait; None if one did.
 
     A standby may wait for hours: once the database has answered, an error of
-    an attempt (a busy SQLite, a server restarting) is logged and the wait goes
-    on. An error before it ever answered is raised: the settings are wrong.
+    an attempt's statement (a busy SQLite, a server restarting) is logged and
+    the wait goes on. An error before it ever answered is raised: the settings
+    are wrong. So is one raised after the lock was taken (by a lock_acquired
+    receiver): the attempt released the lock, and another would only repeat it.
     """
     deadline = float("inf") if wait is None else time.monotonic() + wait
     answered, failing = False, None
     for pause in _pauses():
         if received:
             return None
+        hold = lock._hold
         try:
             outcome = lock._attempt(lock._plan(0))
             error, answered = outcome.busy, True  # a busy SQLite answered too
         except (OperationalError, InterfaceError) as exc:
-            if not answered:
+            if not answered or lock._hold is not hold:  # see above
                 raise
             outcome, error = None, exc
         if error is None:

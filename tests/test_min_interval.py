@@ -139,6 +139,35 @@ def test_a_run_whose_transaction_rolled_back_does_not_count(manual):
     assert run_once("undone")["ran"]
 
 
+def test_a_committed_run_counts_when_an_earlier_on_commit_callback_raises():
+    """Django stops at a callback that raises and drops the rest, ours among them: the
+    transaction committed all the same, so the run counts."""
+    from django.db import transaction
+
+    class Failed(Exception):
+        pass
+
+    def fails():
+        raise Failed
+
+    try:  # not pytest.raises: its traceback would keep Django's list of callbacks alive
+        with transaction.atomic():
+            transaction.on_commit(fails)
+            with Marathon(
+                "hook-failed", heartbeat=0.2, stale_after=2, min_interval=3600
+            ):
+                pass
+    except Failed:
+        pass
+    wait_for(
+        lambda: Lock.objects.filter(name="hook-failed").first() is None,
+        10,
+        "the release of a run whose on_commit neighbour raised",
+    )
+    assert last_run("hook-failed").outcome == "ok"
+    assert not run_once("hook-failed")["ran"]
+
+
 def test_a_run_whose_transaction_committed_counts():
     from django.db import transaction
 

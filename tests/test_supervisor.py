@@ -368,6 +368,42 @@ def test_a_standby_waits_through_a_database_outage(outage, monkeypatch, capsys):
     assert lock_row("standby-outage") is None
 
 
+def test_a_standby_stops_when_a_lock_acquired_receiver_fails(monkeypatch):
+    """The error came after the lock was taken, not from the database: the attempt released the
+    lock, and each retry would take it, send lock_acquired and drop it again."""
+    from django.db import OperationalError
+
+    import marathon
+    from marathon import Marathon, lock_acquired
+
+    holder = Marathon("standby-receiver", heartbeat=HEARTBEAT, stale_after=10)
+    assert holder.acquire()
+    calls, pauses = [], []
+
+    def receiver(sender, name, **kwargs):
+        if name == "standby-receiver":
+            calls.append(name)
+            raise OperationalError("the metrics database is down")
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 1:  # the first attempt found the lock held
+            assert holder.release()
+        assert len(pauses) < 5, "the standby retried %d times" % len(calls)
+
+    lock_acquired.connect(receiver, weak=False)
+    monkeypatch.setattr(marathon, "_sleep", sleep)
+    try:
+        with pytest.raises(OperationalError, match="metrics database"):
+            marathon._supervise(
+                "standby-receiver", ["true"], heartbeat=HEARTBEAT, stale_after=10
+            )
+    finally:
+        lock_acquired.disconnect(receiver)
+    assert calls == ["standby-receiver"] and len(pauses) == 1
+    assert lock_row("standby-receiver") is None
+
+
 def test_a_standby_that_never_reached_the_database_fails_at_once(outage):
     """The first attempt fails (wrong settings, no server): that is no outage to wait through."""
     from django.db import OperationalError

@@ -13,11 +13,12 @@ Other processes are real ones (tests/transactions_child.py), on the test
 database, so that "another process sees" means what it says.
 """
 
+import contextlib
 import json
 import sqlite3
 
 import pytest
-from django.db import OperationalError, connection, transaction
+from django.db import Error, OperationalError, connection, transaction
 
 from marathon import Lock, Marathon
 from tests.processes import FAST, finish, start_python, touch, wait_for, wait_for_file
@@ -196,6 +197,22 @@ def test_release_inside_atomic_under_manual_transactions_waits_for_commit_or_rol
     if end == "commit, then autocommit":  # where Django runs on_commit callbacks
         transaction.set_autocommit(True)
         assert released == [name]  # not twice
+
+
+def test_a_rollback_that_raises_still_ends_the_wait(manual_transactions, released):
+    """The connection broke, so rollback() raised: the transaction is over all the same (the
+    server dropped it), and the release that waited for it is sent, on a connection of its own."""
+    with transaction.atomic():
+        with Marathon("manual-broken", **FAST):
+            pass
+    assert released == []
+    connection.connection.close()  # the session dies under Django's feet
+    with pytest.raises(Error):  # InterfaceError or OperationalError, by driver
+        transaction.rollback()
+    assert released == ["manual-broken"]
+    assert seen_by_another_process("manual-broken")["outcome"] == "acquired"
+    with contextlib.suppress(Error):  # PyMySQL will not close twice
+        connection.close()
 
 
 def test_release_outside_atomic_under_manual_transactions_is_sent_at_once(
