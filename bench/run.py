@@ -132,13 +132,18 @@ def _table(results):
             ("raw", "  raw driver: INSERT + DELETE"),
             ("django", "  Django cursor: INSERT + DELETE"),
             ("marathon", "  Marathon: with Marathon(name)"),
+            ("prepared", "  Marathon, server-side binding, prepared"),
             ("seed", "  0.1 pattern: get_or_create + delete"),
         ):
+            if not any(key in r[cycles] for r in results):
+                continue
             add(
                 title,
                 [
                     "%.0f (%.0f%%)"
                     % (r[cycles][key], 100.0 * r[cycles][key] / r[cycles]["raw"])
+                    if key in r[cycles]
+                    else ""
                     for r in results
                 ],
             )
@@ -380,7 +385,7 @@ def _server_version(db):
 
 
 def _cycles(db):
-    from django.db import connection
+    from django.db import connection, connections
 
     from marathon import Lock, Marathon
 
@@ -426,6 +431,17 @@ def _cycles(db):
         "marathon": marathon_cycle,
         "seed": seed_cycle,
     }
+    if "prepared" in connections:  # psycopg 3 (bench/settings.py)
+        prepared = connections["prepared"]
+        with prepared.cursor() as cursor:  # kept open, as Django's connection is
+            for statement in _SESSION_SETUP:
+                cursor.execute(statement)
+
+        def prepared_cycle():
+            with Marathon("prepared", using="prepared"):
+                pass
+
+        subjects["prepared"] = prepared_cycle
     for cycle in subjects.values():  # warm up, and prove each works
         for _ in range(20):
             cycle()
@@ -446,6 +462,8 @@ def _cycles(db):
             rates[key].append(n / (time.perf_counter() - started))
     raw_cursor.close()
     raw.close()
+    if "prepared" in connections:
+        connections["prepared"].close()
     return {key: statistics.median(values) for key, values in rates.items()}
 
 

@@ -46,6 +46,13 @@ else:
     }
 
 DATABASES = {"default": _default}
+if DRIVER == "psycopg":
+    # The same database through psycopg 3 as its raw driver works by default:
+    # parameters bound on the server, a statement prepared once it has run
+    # five times (Django binds on the client and prepares nothing).
+    DATABASES["prepared"] = dict(
+        _default, OPTIONS={"server_side_binding": True, "prepare_threshold": 5}
+    )
 INSTALLED_APPS = ["marathon"]
 MIGRATION_MODULES = {"marathon": "marathon_migrations"}
 SECRET_KEY = "django-marathon-bench-only"
