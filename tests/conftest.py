@@ -32,7 +32,7 @@ def _driver():
     from django.db import connection
 
     module = connection.Database  # PyMySQL installed as MySQLdb is still pymysql
-    name = module.__name__
+    name = module.__name__.split(".")[0]  # sqlite3.dbapi2 is sqlite3
     if name == "psycopg":
         return name, "%s (%s)" % (module.__version__, module.pq.__impl__)
     if name == "psycopg2":
