@@ -4,10 +4,11 @@
     MARATHON_BENCH_DBS=sqlite python bench/run.py
 
 Servers and users as for the tests (MARATHON_PG_*, MARATHON_MYSQL_*). Each
-database runs in a child process that creates its own database
-(marathon_bench_<pid>, or a SQLite file in a temporary directory), migrates,
-measures and drops it. Subjects are interleaved in rounds so that drift
-cancels; each figure is the median of the rounds.
+database and driver (DRIVERS) runs in a child process that creates its own
+database (marathon_bench_<pid>, or a SQLite file in a temporary directory),
+migrates, measures and drops it. Django and the raw subject use the same
+driver. Subjects are interleaved in rounds so that drift cancels; each figure
+is the median of the rounds.
 """
 
 import contextlib
@@ -38,37 +39,63 @@ NOW = {
 }
 
 
-# ---- The parent: one child per database, then the table ----
+# Each database's drivers, measured one per child process (Django 4.2+ uses
+# psycopg 3 whenever it can import it), and the label of each column.
+DRIVERS = {
+    "sqlite": ["sqlite3"],
+    "postgres": ["psycopg2", "psycopg"],
+    "mysql": ["pymysql", "mysqlclient"],
+}
+LABELS = {
+    "sqlite3": "SQLite (file)",
+    "psycopg2": "PostgreSQL, psycopg2",
+    "psycopg": "PostgreSQL, psycopg 3",
+    "pymysql": "MariaDB, PyMySQL",
+    "mysqlclient": "MariaDB, mysqlclient",
+}
+
+
+# ---- The parent: one child per database and driver, then the table ----
 
 
 def main():
-    dbs = [
-        db.strip()
-        for db in os.environ.get("MARATHON_BENCH_DBS", "sqlite,postgres,mysql").split(
-            ","
+    # "postgres" measures each of its drivers; "postgres:psycopg" just one.
+    subjects = [
+        (db, [driver] if driver else DRIVERS[db])
+        for db, _, driver in (
+            item.strip().partition(":")
+            for item in os.environ.get(
+                "MARATHON_BENCH_DBS", "sqlite,postgres,mysql"
+            ).split(",")
+            if item.strip()
         )
-        if db.strip()
     ]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for db in dbs:
-            name = (
-                os.path.join(tmp, "bench.sqlite3")
-                if db == "sqlite"
-                else "marathon_bench_%d" % os.getpid()
-            )
-            print("Measuring %s ..." % db, file=sys.stderr, flush=True)
-            output = subprocess.check_output(
-                [sys.executable, os.path.abspath(__file__), "--child"],
-                env=_env(db, name),
-                universal_newlines=True,
-            )
-            results.append(json.loads(output.strip().splitlines()[-1]))
+        for db, drivers in subjects:
+            for driver in drivers:
+                name = (
+                    os.path.join(tmp, "bench.sqlite3")
+                    if db == "sqlite"
+                    else "marathon_bench_%d" % os.getpid()
+                )
+                print("Measuring %s ..." % LABELS[driver], file=sys.stderr, flush=True)
+                output = subprocess.check_output(
+                    [sys.executable, os.path.abspath(__file__), "--child"],
+                    env=_env(db, name, driver),
+                    universal_newlines=True,
+                )
+                results.append(json.loads(output.strip().splitlines()[-1]))
     print(_table(results))
 
 
-def _env(db, name):
-    env = dict(os.environ, MARATHON_BENCH_DB=db, MARATHON_BENCH_NAME=name)
+def _env(db, name, driver):
+    env = dict(
+        os.environ,
+        MARATHON_BENCH_DB=db,
+        MARATHON_BENCH_NAME=name,
+        MARATHON_BENCH_DRIVER=driver,
+    )
     env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     env["PYTHONPATH"] = os.pathsep.join(
         [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
@@ -105,13 +132,18 @@ def _table(results):
             ("raw", "  raw driver: INSERT + DELETE"),
             ("django", "  Django cursor: INSERT + DELETE"),
             ("marathon", "  Marathon: with Marathon(name)"),
+            ("prepared", "  Marathon, server-side binding, prepared"),
             ("seed", "  0.1 pattern: get_or_create + delete"),
         ):
+            if not any(key in r[cycles] for r in results):
+                continue
             add(
                 title,
                 [
                     "%.0f (%.0f%%)"
                     % (r[cycles][key], 100.0 * r[cycles][key] / r[cycles]["raw"])
+                    if key in r[cycles]
+                    else ""
                     for r in results
                 ],
             )
@@ -189,15 +221,16 @@ def child():
 
 
 def _server_connection(db, name=None):
-    """A bare driver connection in autocommit (to the server if name is None)."""
+    """A bare connection of the measured driver, in autocommit, with its default
+    cursor (to the server if name is None)."""
+    driver = os.environ["MARATHON_BENCH_DRIVER"]
     if db == "sqlite":
         import sqlite3
 
         return sqlite3.connect(name, isolation_level=None)
     if db == "postgres":
-        import psycopg2
-
-        connection = psycopg2.connect(
+        module = __import__(driver)  # psycopg2 or psycopg
+        connection = module.connect(
             host=os.environ.get("MARATHON_PG_HOST", "127.0.0.1"),
             port=os.environ.get("MARATHON_PG_PORT", "5432"),
             user=os.environ.get("MARATHON_PG_USER", "postgres"),
@@ -206,16 +239,18 @@ def _server_connection(db, name=None):
         )
         connection.autocommit = True
         return connection
-    import pymysql
-
-    return pymysql.connect(
+    if driver == "mysqlclient":
+        import MySQLdb as module
+    else:
+        import pymysql as module
+    return module.connect(
         host=os.environ.get("MARATHON_MYSQL_HOST", "127.0.0.1"),
         port=int(os.environ.get("MARATHON_MYSQL_PORT", "3306")),
         user=os.environ.get("MARATHON_MYSQL_USER", "root"),
         password=os.environ.get("MARATHON_MYSQL_PASSWORD", ""),
-        database=name,
         charset="utf8mb4",
         autocommit=True,
+        **({"database": name} if name else {}),
     )
 
 
@@ -246,13 +281,13 @@ def _measure_all(db):
 
     from marathon import Marathon
 
-    result = {
-        "label": {
-            "sqlite": "SQLite (file)",
-            "postgres": "PostgreSQL",
-            "mysql": "MariaDB",
-        }[db]
-    }
+    driver = os.environ["MARATHON_BENCH_DRIVER"]
+    module = {"mysqlclient": "MySQLdb"}.get(driver, driver)
+    assert connection.Database.__name__.split(".")[0] == module, (
+        connection.Database,
+        driver,
+    )
+    result = {"label": LABELS[driver]}
     result["server"] = _server_version(db)
     result["cycles"] = _cycles(db)
     with _unflushed_commits(db):
@@ -353,7 +388,7 @@ def _server_version(db):
 
 
 def _cycles(db):
-    from django.db import connection
+    from django.db import connection, connections
 
     from marathon import Lock, Marathon
 
@@ -399,6 +434,17 @@ def _cycles(db):
         "marathon": marathon_cycle,
         "seed": seed_cycle,
     }
+    if "prepared" in connections:  # psycopg 3 (bench/settings.py)
+        prepared = connections["prepared"]
+        with prepared.cursor() as cursor:  # kept open, as Django's connection is
+            for statement in _SESSION_SETUP:
+                cursor.execute(statement)
+
+        def prepared_cycle():
+            with Marathon("prepared", using="prepared"):
+                pass
+
+        subjects["prepared"] = prepared_cycle
     for cycle in subjects.values():  # warm up, and prove each works
         for _ in range(20):
             cycle()
@@ -419,6 +465,8 @@ def _cycles(db):
             rates[key].append(n / (time.perf_counter() - started))
     raw_cursor.close()
     raw.close()
+    if "prepared" in connections:
+        connections["prepared"].close()
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
@@ -465,9 +513,13 @@ class _Counter:
         if self.db == "sqlite":
             raw.set_trace_callback(lambda sql: self.heartbeat_traced.append(sql))
         elif self.db == "postgres":
-            self.heartbeat_ids.append(raw.get_backend_pid())
+            self.heartbeat_ids.append(
+                raw.get_backend_pid()
+                if hasattr(raw, "get_backend_pid")
+                else raw.info.backend_pid
+            )  # psycopg2, psycopg 3
         else:
-            self.heartbeat_ids.append(raw.server_thread_id[0])
+            self.heartbeat_ids.append(raw.thread_id())
 
     def _wire(self, execute, sql, params, many, context):
         self.wire.append(sql)
@@ -635,7 +687,11 @@ def _takeover():
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER],
         stdout=subprocess.PIPE,
-        env=_env(os.environ["MARATHON_BENCH_DB"], os.environ["MARATHON_BENCH_NAME"]),
+        env=_env(
+            os.environ["MARATHON_BENCH_DB"],
+            os.environ["MARATHON_BENCH_NAME"],
+            os.environ["MARATHON_BENCH_DRIVER"],
+        ),
         universal_newlines=True,
     )
     try:

@@ -36,6 +36,24 @@ def _server_version():
         return connection.vendor, cursor.fetchone()[0]
 
 
+def _driver():
+    """(name, version) of the driver Django uses for the default database, as
+    tests/settings.py names it in MARATHON_TEST_DRIVER."""
+    from django.db import connection
+
+    module = connection.Database  # PyMySQL installed as MySQLdb is still pymysql
+    name = module.__name__.split(".")[0]  # sqlite3.dbapi2 is sqlite3
+    if name == "psycopg":
+        return name, "%s (%s)" % (module.__version__, module.pq.__impl__)
+    if name == "psycopg2":
+        return name, module.__version__.split()[0]
+    if name == "MySQLdb":
+        return "mysqlclient", ".".join(str(n) for n in module.version_info[:3])
+    if name == "pymysql":  # its version_info poses as mysqlclient's
+        return name, ".".join(str(n) for n in module.VERSION[:3])
+    return name, platform.python_version()  # sqlite3 comes with Python
+
+
 def _db_unblocked(config):
     """pytest-django blocks database access outside tests; lift it here."""
     try:  # pytest-django >= 4.8
@@ -58,6 +76,14 @@ def pytest_configure(config):
 def pytest_sessionstart(session):
     from django.db import connection
 
+    from tests import settings
+
+    _server["driver"] = "%s %s" % _driver()
+    if settings.DRIVER and _driver()[0] != settings.DRIVER:
+        raise pytest.UsageError(
+            "MARATHON_TEST_DRIVER is %s, but Django uses %s"
+            % (settings.DRIVER, _server["driver"])
+        )
     try:
         with _db_unblocked(session.config):
             _server["vendor"], _server["version"] = _server_version()
@@ -80,9 +106,10 @@ def pytest_sessionstart(session):
 
 
 def pytest_report_header(config):
-    return "database: %s, %s; Django %s; Python %s (%s)" % (
+    return "database: %s, %s; driver %s; Django %s; Python %s (%s)" % (
         _server.get("vendor", "?"),
         _server.get("version", "?"),
+        _server.get("driver", "?"),
         django.get_version(),
         platform.python_version(),
         platform.python_implementation(),

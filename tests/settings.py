@@ -1,18 +1,20 @@
 """Django settings for the django-marathon test suite.
 
 The database comes from MARATHON_TEST_DB: "sqlite" (default), "postgres" or
-"mysql" (MariaDB/MySQL through PyMySQL). Names are unique per tox env so
-parallel envs never collide, and only databases named *marathon* are ever
-created or dropped.
+"mysql" (MariaDB/MySQL), and its driver from MARATHON_TEST_DRIVER (below).
+Names are unique per tox env so parallel envs never collide, and only
+databases named *marathon* are ever created or dropped.
 
 Child processes started by the tests import these settings with
 MARATHON_TEST_CHILD=1: they then use the TEST database that pytest-django
 created, as their default database.
 """
 
+import importlib.util
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 
@@ -26,6 +28,22 @@ if DB not in ("sqlite", "postgres", "mysql"):
         "MARATHON_TEST_DB must be sqlite, postgres or mysql, not %r" % DB
     )
 CHILD = os.environ.get("MARATHON_TEST_CHILD") == "1"
+
+# MARATHON_TEST_DRIVER, set by tox.ini, names the driver an env tests, and
+# tests/conftest.py stops the run if Django uses another. Unset, it is the one
+# Django would pick among those installed: psycopg (3) before psycopg2,
+# mysqlclient before PyMySQL.
+DRIVERS = {
+    "sqlite": ("sqlite3",),
+    "postgres": ("psycopg", "psycopg2"),
+    "mysql": ("mysqlclient", "pymysql"),
+}
+DRIVER = os.environ.get("MARATHON_TEST_DRIVER", "").lower()
+if DRIVER and DRIVER not in DRIVERS[DB]:
+    raise RuntimeError(
+        "MARATHON_TEST_DRIVER must be one of %s for %s, not %r"
+        % (", ".join(DRIVERS[DB]), DB, DRIVER)
+    )
 
 # MARATHON_TEST_ID, if set, prefixes the tox env's name: two checkouts can
 # then run the same tox env against one database server at once.
@@ -57,6 +75,10 @@ if DB == "sqlite":
         "TEST": {"NAME": os.path.join(_tmp, TEST_NAME + ".sqlite3")},
     }
 elif DB == "postgres":
+    if DRIVER == "psycopg2":
+        # Django 4.2+ imports psycopg (3) if it can: hide it, so a venv
+        # holding both drivers tests psycopg2.
+        sys.modules["psycopg"] = None
     _default = {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": os.environ.get("MARATHON_PG_HOST", "127.0.0.1"),
@@ -67,13 +89,17 @@ elif DB == "postgres":
         "TEST": {"NAME": TEST_NAME},
     }
 else:
-    import pymysql
+    if DRIVER == "pymysql" or (
+        not DRIVER and importlib.util.find_spec("MySQLdb") is None
+    ):
+        import pymysql
 
-    # mysqlclient (MySQLdb) needs libmariadb-dev to build; PyMySQL is pure
-    # Python and stands in for it. Django 5.1+ refuses a MySQLdb older than
-    # 2.2.1 and reads the version from version_info, so PyMySQL claims 2.2.1.
-    pymysql.version_info = (2, 2, 1, "final", 0)
-    pymysql.install_as_MySQLdb()
+        # PyMySQL is pure Python and poses as mysqlclient (MySQLdb), which
+        # needs libmariadb-dev to build. Django 5.1+ refuses a MySQLdb older
+        # than 2.2.1 and reads the version from version_info, so PyMySQL
+        # claims 2.2.1.
+        pymysql.version_info = (2, 2, 1, "final", 0)
+        pymysql.install_as_MySQLdb()
     _default = {
         "ENGINE": "django.db.backends.mysql",
         "HOST": os.environ.get("MARATHON_MYSQL_HOST", "127.0.0.1"),

@@ -406,13 +406,11 @@ def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
 
     if connection.vendor == "sqlite":
         pytest.skip("SQLite has no connection to drop")
-    if connection.vendor == "mysql":
-        import pymysql
-
-        if pymysql.VERSION < (1, 1):
-            pytest.skip(
-                "PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable"
-            )
+    driver = connection.Database  # PyMySQL poses as MySQLdb, under its own name
+    if driver.__name__ == "pymysql" and driver.VERSION < (1, 1):
+        pytest.skip(
+            "PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable"
+        )
     connection.ensure_connection()
     lock = Marathon("lost-reply", **FAST)
     with connection.execute_wrapper(drop_after_commit):

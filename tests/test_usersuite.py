@@ -11,6 +11,7 @@ database is torn down cleanly (exit status 0; no "being accessed by other
 users" from PostgreSQL, no "database table is locked" from SQLite).
 """
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -32,7 +33,15 @@ TESTCASE_TESTS, TRANSACTION_TESTS = 5, 2
 
 
 def usersuite_database_name(runner):
-    return "test_marathon_usersuite_%s_%s" % (ENV_NAME, runner)
+    """test_marathon_usersuite_<env>_<runner>, in at most 63 characters (MariaDB
+    refuses a name over 64, PostgreSQL cuts it at 63): a long env name keeps its
+    start and a hash of the whole."""
+    name = "test_marathon_usersuite_%s_%s" % (ENV_NAME, runner)
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha1(ENV_NAME.encode()).hexdigest()[:8]
+    keep = 63 - len("test_marathon_usersuite___") - len(digest) - len(runner)
+    return "test_marathon_usersuite_%s_%s_%s" % (ENV_NAME[:keep], digest, runner)
 
 
 def usersuite_env(runner):

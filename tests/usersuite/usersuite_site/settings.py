@@ -9,12 +9,15 @@ says, created and dropped by the test runner, so they never collide with the
 suite's own.
 """
 
+import importlib.util
 import os
 import re
+import sys
 import tempfile
 import warnings
 
 DB = os.environ.get("MARATHON_TEST_DB", "sqlite").lower()
+DRIVER = os.environ.get("MARATHON_TEST_DRIVER", "").lower()  # as in tests/settings.py
 RUNNER = os.environ.get("USERSUITE_RUNNER", "django")
 ENV_NAME = (
     re.sub(r"[^a-z0-9_]+", "_", os.environ.get("TOX_ENV_NAME", "local").lower()).strip(
@@ -37,6 +40,8 @@ if DB == "sqlite":
         }
     }
 elif DB == "postgres":
+    if DRIVER == "psycopg2":
+        sys.modules["psycopg"] = None  # as in tests/settings.py
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
@@ -49,11 +54,14 @@ elif DB == "postgres":
         }
     }
 elif DB == "mysql":
-    import pymysql
+    if DRIVER == "pymysql" or (
+        not DRIVER and importlib.util.find_spec("MySQLdb") is None
+    ):
+        import pymysql
 
-    # As in tests/settings.py: PyMySQL stands in for mysqlclient (MySQLdb).
-    pymysql.version_info = (2, 2, 1, "final", 0)
-    pymysql.install_as_MySQLdb()
+        # As in tests/settings.py: PyMySQL poses as mysqlclient (MySQLdb).
+        pymysql.version_info = (2, 2, 1, "final", 0)
+        pymysql.install_as_MySQLdb()
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.mysql",
