@@ -1,5 +1,6 @@
-"""Locks on a database other than "default": python -m marathon's --database, and a
-database marathon does not support.
+"""python -m marathon with settings of other shapes: locks on a database other than
+"default" (its --database), a database marathon does not support, and settings it
+cannot use.
 
 The child processes use tests/settings_aliases.py: there "default" is an empty
 database with no tables, "locks" is the test database (this process's
@@ -7,6 +8,7 @@ default) and "unsupported" is Django's dummy backend. What reaches "default"
 fails, so each test also shows which alias a command used.
 """
 
+import os
 import sys
 
 import pytest
@@ -107,3 +109,38 @@ def test_a_lock_on_an_unsupported_database_raises_before_any_query(env):
         env=env,
     )
     assert (code, out) == (0, UNSUPPORTED + "\n"), err
+
+
+# ---- settings python -m marathon cannot use: one line each, status 2 ----
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            "from tests.settings import *\nINSTALLED_APPS = INSTALLED_APPS + ['marathon']\n",
+            "python -m marathon: error: the settings 'projectsettings' are not usable: "
+            "Application labels aren't unique, duplicates: marathon\n",
+        ),
+        (
+            "from tests.settings import *\n"
+            "INSTALLED_APPS = [app for app in INSTALLED_APPS if app != 'marathon']\n",
+            "python -m marathon: error: 'marathon' is not in INSTALLED_APPS of the "
+            "settings 'projectsettings'.\n",
+        ),
+        (
+            "import nosuchmodule_of_the_project\n",
+            "python -m marathon: error: cannot import the settings 'projectsettings': "
+            "No module named 'nosuchmodule_of_the_project'.\n",  # no PYTHONPATH hint
+        ),
+    ],
+    ids=["not-usable", "no-marathon", "broken-import"],
+)
+def test_shell_says_in_one_line_why_the_settings_cannot_be_used(
+    tmp_path, body, expected
+):
+    (tmp_path / "projectsettings.py").write_text(body)
+    env = child_env(DJANGO_SETTINGS_MODULE="projectsettings")
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    code, out, err = shell(env, "list")
+    assert (code, out, err) == (2, "", expected)
