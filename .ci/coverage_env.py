@@ -50,6 +50,9 @@ def start(data_file):
 
 
 def check(directory):
+    if not os.path.isdir(directory):
+        print("coverage: no data in %s: run some test envs first" % directory)
+        return 1
     ours = _hash(os.path.join(HERE, "marathon.py"))
     stale = []
     # .coverage.ENV.HOST.pidN.SUFFIX: env names hold no dots.
