@@ -216,3 +216,29 @@ def test_a_command_with_neither_handle_nor_run_task_says_so_and_releases():
     assert str(raised.value) == "Define handle() (or run_task()) in Command."
     assert taken == ["no-task"]  # it ran under the lock...
     assert not Lock.objects.exists()  # ...and released it on the way out
+
+
+def test_a_command_called_from_a_thread_runs_under_the_lock_and_leaves_signals_alone():
+    """Only the main thread may set signal handlers: from another thread (a view's
+    call_command, a scheduler's worker) the command runs without them."""
+    from django.db import connections
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = {}
+
+    def run():
+        try:
+            result["call"] = call("marathon_readme")
+        except BaseException as error:
+            result["error"] = error
+        finally:
+            connections.close_all()  # this thread's connections
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in result, result
+    _, out, err = result["call"]
+    assert facts(out)["row"] is True and err == ""
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not Lock.objects.exists()
