@@ -2,6 +2,7 @@
 
     python .ci/coverage_env.py start DATA_FILE    (each test env's commands_pre)
     python .ci/coverage_env.py check DATA_DIR     (the coverage env, before combining)
+    python .ci/coverage_env.py leftovers DATA_DIR (the coverage env, after combining)
     python .ci/coverage_env.py gate JSON SETUP_CFG  (the coverage env, after `coverage json`)
 
 start: drops this env's data from an earlier run (a rerun replaces it, never
@@ -13,6 +14,10 @@ check: the report maps every env's marathon.py onto the checkout's, line by
 line, so data measured from another version of it would be reported against
 the wrong lines and look like gaps. Fails, naming the envs, if any env with
 data to combine ran another marathon.py (or recorded none).
+
+leftovers: `coverage combine` deletes what it combined; a data file it could
+not read (a process killed while it saved) would stay, and be warned about in
+every later report. Deletes those, saying which.
 
 gate: prints coverage.py's figure (statements and branches together, the one
 `coverage report` shows) and the branches alone; exits 1 if the first is
@@ -82,6 +87,20 @@ def check(directory):
     return 0
 
 
+def leftovers(directory):
+    names = sorted(
+        name for name in os.listdir(directory) if name.startswith(".coverage.")
+    )
+    for name in names:
+        os.remove(os.path.join(directory, name))
+    if names:
+        print(
+            "coverage: dropped %d unreadable data file(s): %s"
+            % (len(names), ", ".join(names))
+        )
+    return 0
+
+
 def gate(report, config):
     with open(report) as file:
         totals = json.load(file)["totals"]
@@ -114,4 +133,8 @@ def gate(report, config):
 
 
 if __name__ == "__main__":
-    sys.exit({"start": start, "check": check, "gate": gate}[sys.argv[1]](*sys.argv[2:]))
+    sys.exit(
+        {"start": start, "check": check, "leftovers": leftovers, "gate": gate}[
+            sys.argv[1]
+        ](*sys.argv[2:])
+    )
