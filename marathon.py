@@ -302,6 +302,13 @@ def _alias(using=None):
     return using or _setting("MARATHON_DATABASE") or router.db_for_write(_model())
 
 
+def _unsupported(connection):
+    """What to say when the locks' database is of a vendor marathon has no SQL for."""
+    return "Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r." % (
+        connection.vendor
+    )
+
+
 def _seconds_error(label, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         return "%s must be a positive number of seconds; got %r." % (label, value)
@@ -1755,10 +1762,7 @@ class Marathon:
         alias = _alias(self.using)
         connection = connections[alias]
         if connection.vendor not in _NOW:
-            raise MarathonError(
-                "Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not %r."
-                % connection.vendor
-            )
+            raise MarathonError(_unsupported(connection))
         _check_name_for(connection, self.name)
         deadline = time.monotonic() + (self.wait if wait is None else wait)
         return _Plan(
@@ -2945,6 +2949,8 @@ def _main(argv):
                 % (alias, ", ".join(sorted(settings.DATABASES))),
                 returncode=2,
             )
+        if connections[alias].vendor not in _NOW:  # one line, not a KeyError later
+            raise CommandError(_unsupported(connections[alias]), returncode=2)
         if (
             args.command == "run"
         ):  # its exit status is the child's: see the section on the supervisor

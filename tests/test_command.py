@@ -160,3 +160,56 @@ def test_signal_releases_the_lock_and_exits_non_zero(running, signum):
     assert code != 0, (out, err)
     assert "Task completed." not in out
     assert not Lock.objects.exists()
+
+
+# ---- a command with no task ----
+
+
+def test_a_command_with_neither_handle_nor_run_task_says_so_and_releases():
+    from django.core.management.base import BaseCommand
+
+    from marathon import SingleRunnerCommand, lock_acquired
+
+    class Command(SingleRunnerCommand, BaseCommand):
+        lock_name = "no-task"
+
+    taken = []
+
+    def record(sender, **kwargs):
+        taken.append(kwargs["name"])
+
+    lock_acquired.connect(record)
+    try:
+        with pytest.raises(NotImplementedError) as raised:
+            call_command(Command(), stdout=io.StringIO(), stderr=io.StringIO())
+    finally:
+        lock_acquired.disconnect(record)
+    assert str(raised.value) == "Define handle() (or run_task()) in Command."
+    assert taken == ["no-task"]  # it ran under the lock...
+    assert not Lock.objects.exists()  # ...and released it on the way out
+
+
+def test_a_command_called_from_a_thread_runs_under_the_lock_and_leaves_signals_alone():
+    """Only the main thread may set signal handlers: from another thread (a view's
+    call_command, a scheduler's worker) the command runs without them."""
+    from django.db import connections
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = {}
+
+    def run():
+        try:
+            result["call"] = call("marathon_readme")
+        except BaseException as error:
+            result["error"] = error
+        finally:
+            connections.close_all()  # this thread's connections
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in result, result
+    _, out, err = result["call"]
+    assert facts(out)["row"] is True and err == ""
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not Lock.objects.exists()

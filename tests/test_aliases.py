@@ -1,0 +1,145 @@
+"""python -m marathon with settings of other shapes: locks on a database other than
+"default" (its --database), a database marathon does not support, and settings it
+cannot use.
+
+The child processes use tests/settings_aliases.py: there "default" is an empty
+database with no tables, "locks" is the test database (this process's
+default) and "unsupported" is Django's dummy backend. What reaches "default"
+fails, so each test also shows which alias a command used.
+"""
+
+import os
+import sys
+
+import pytest
+
+from marathon import Lock, Marathon
+from tests.processes import FAST, child_env, run_python
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STALE = "2000-01-01T00:00:00Z"
+UNSUPPORTED = "Marathon supports PostgreSQL, MySQL/MariaDB and SQLite, not 'unknown'."
+
+
+@pytest.fixture
+def env(tmp_path):
+    return child_env(
+        DJANGO_SETTINGS_MODULE="tests.settings_aliases",
+        MARATHON_EMPTY_DB=str(tmp_path / "empty.sqlite3"),
+    )
+
+
+def shell(env, *args):
+    """Run `python -m marathon ARGS` with the aliases' settings; (returncode, stdout, stderr)."""
+    return run_python(["-m", "marathon"] + list(args), env=env, timeout=60)
+
+
+def names():
+    return sorted(Lock.objects.values_list("name", flat=True))
+
+
+def listed(out):
+    """The lock names of `list`'s table (its first column, under the header)."""
+    return sorted(line.split()[0] for line in out.splitlines()[1:] if line.strip())
+
+
+def test_list_and_release_use_the_database_option(env):
+    Lock.objects.create(name="stale-job", owner="web1:42", heartbeat_at=STALE)
+    Lock.objects.create(name="other-job", owner="web2:7", heartbeat_at=STALE)
+
+    code, out, err = shell(env, "list")  # the default database has no locks table
+    assert (code, out) == (3, ""), err
+    assert err.startswith("python -m marathon: error: database 'default' ("), err
+
+    code, out, err = shell(env, "--database", "locks", "list")
+    assert code == 0, err
+    assert listed(out) == ["other-job", "stale-job"]
+
+    code, out, err = shell(env, "release", "stale-job", "--database", "locks")
+    assert (code, out) == (0, "Released 1 lock(s): stale-job\n"), err
+    assert names() == ["other-job"]
+
+    code, out, err = shell(env, "release", "--stale", "--database", "locks")
+    assert (code, out) == (0, "Released 1 lock(s): other-job\n"), err
+    assert names() == []
+
+
+def test_run_takes_the_lock_on_the_database_option(env):
+    command = ["--", sys.executable, "-c", "raise SystemExit(5)"]
+    with Marathon("held-job", **FAST) as held:
+        code, _, err = shell(
+            env, "run", "held-job", "--wait", "0", "--database", "locks", *command
+        )
+        assert code == 75, err  # the lock is held there: --wait ran out
+        assert held.owner in err
+    code, _, err = shell(
+        env, "run", "held-job", "--wait", "0", "--database", "locks", *command
+    )
+    assert code == 5, err  # free now: the command ran, and its status is the run's
+    assert names() == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--database", "unsupported"],
+        ["release", "--stale", "--database", "unsupported"],
+        ["release", "some-job", "--database", "unsupported"],
+        ["run", "some-job", "--database", "unsupported", "--", sys.executable, "-V"],
+    ],
+)
+def test_shell_refuses_an_unsupported_database_in_one_line(env, args):
+    code, out, err = shell(env, *args)
+    assert (code, out, err) == (2, "", "python -m marathon: error: %s\n" % UNSUPPORTED)
+
+
+def test_a_lock_on_an_unsupported_database_raises_before_any_query(env):
+    code, out, err = run_python(
+        [
+            "-c",
+            "import django; django.setup()\n"
+            "from marathon import Marathon, MarathonError\n"
+            "try:\n"
+            "    Marathon('some-job', using='unsupported').acquire()\n"
+            "except MarathonError as error:\n"
+            "    print(error)\n",
+        ],
+        env=env,
+    )
+    assert (code, out) == (0, UNSUPPORTED + "\n"), err
+
+
+# ---- settings python -m marathon cannot use: one line each, status 2 ----
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            "from tests.settings import *\nINSTALLED_APPS = INSTALLED_APPS + ['marathon']\n",
+            "python -m marathon: error: the settings 'projectsettings' are not usable: "
+            "Application labels aren't unique, duplicates: marathon\n",
+        ),
+        (
+            "from tests.settings import *\n"
+            "INSTALLED_APPS = [app for app in INSTALLED_APPS if app != 'marathon']\n",
+            "python -m marathon: error: 'marathon' is not in INSTALLED_APPS of the "
+            "settings 'projectsettings'.\n",
+        ),
+        (
+            "import nosuchmodule_of_the_project\n",
+            "python -m marathon: error: cannot import the settings 'projectsettings': "
+            "No module named 'nosuchmodule_of_the_project'.\n",  # no PYTHONPATH hint
+        ),
+    ],
+    ids=["not-usable", "no-marathon", "broken-import"],
+)
+def test_shell_says_in_one_line_why_the_settings_cannot_be_used(
+    tmp_path, body, expected
+):
+    (tmp_path / "projectsettings.py").write_text(body)
+    env = child_env(DJANGO_SETTINGS_MODULE="projectsettings")
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    code, out, err = shell(env, "list")
+    assert (code, out, err) == (2, "", expected)
