@@ -164,8 +164,10 @@ def test_the_standby_takes_over_from_a_killed_supervisor_and_its_child_dies(tmp_
     status, _, err = finish(second, timeout=60)
     assert status == 0, err
     second_start = [e for e in events(log) if e["event"] == "start"][1]
-    # Taken over once stale by the database's clock: within stale_after and a few beats.
-    assert second_start["mono"] - killed <= STALE_AFTER + 4 * HEARTBEAT + 2.0
+    # Taken over once stale by the database's clock: within stale_after and a few
+    # beats, and the start-up of the second supervisor and of its child (two
+    # Pythons, each measured by coverage in CI: up to seconds on a busy machine).
+    assert second_start["mono"] - killed <= STALE_AFTER + 4 * HEARTBEAT + 5.0
     assert second_start["mono"] - killed >= STALE_AFTER - HEARTBEAT
 
 
