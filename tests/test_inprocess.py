@@ -14,7 +14,8 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from django.db import InterfaceError, connection, connections
+from django.db import InterfaceError, connection, connections, transaction
+from django.db.backends.signals import connection_created
 from django.db.utils import ConnectionDoesNotExist
 from django.test import override_settings
 from django.utils import timezone
@@ -22,6 +23,7 @@ from django.utils import timezone
 import marathon
 from marathon import (
     AlreadyRunning,
+    LastRun,
     Lock,
     LockLost,
     Marathon,
@@ -390,20 +392,37 @@ def test_lock_objects_and_0_1_forms_use_marathon_database():
 # ---- 10. A lost reply is recognised ----
 
 
-def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
-    """The acquire commits, the connection drops before the reply: the retry finds our token."""
+def dropping(after, statements=None):
+    """An execute wrapper: the first statement for which after(sql) is true runs, then its
+    connection is closed under it, as a dropped connection does: the server committed, the
+    reply is lost. `statements` (a list) gets every statement sent."""
     dropped = []
 
-    def drop_after_commit(execute, sql, params, many, context):
+    def wrapper(execute, sql, params, many, context):
+        if statements is not None:
+            statements.append(sql)
         result = execute(sql, params, many, context)
-        if not dropped:  # the first statement: the acquire
+        if not dropped and after(sql):
             dropped.append(sql)
-            context[
-                "connection"
-            ].connection.close()  # the server committed; the reply is lost
+            context["connection"].connection.close()
             raise InterfaceError("connection already closed")
         return result
 
+    wrapper.dropped = dropped
+    return wrapper
+
+
+def ours(sql):
+    return "marathon_" in sql
+
+
+def releases(sql):
+    return "marathon_release" in sql or sql.startswith("DELETE")
+
+
+@pytest.fixture
+def drops():
+    """Skips where no connection can be dropped."""
     if connection.vendor == "sqlite":
         pytest.skip("SQLite has no connection to drop")
     driver = connection.Database  # PyMySQL poses as MySQLdb, under its own name
@@ -411,14 +430,100 @@ def test_an_acquire_whose_reply_was_lost_recognises_its_own_row():
         pytest.skip(
             "PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable"
         )
-    connection.ensure_connection()
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["open", "fresh"])
+def test_an_acquire_whose_reply_was_lost_recognises_its_own_row(drops, fresh):
+    """The acquire commits, the connection drops before the reply: it is sent again on a new
+    connection and finds our token. Also on a connection that the acquire opened itself (a new
+    thread, a request after CONN_MAX_AGE=0, a command), where 1.1's first cut gave up and left
+    the row behind, blocking the name for stale_after."""
+    if fresh:
+        connection.close()
+    else:
+        connection.ensure_connection()
     lock = Marathon("lost-reply", **FAST)
-    with connection.execute_wrapper(drop_after_commit):
+    wrapper = dropping(ours)  # not Django's own set-up of a new connection (MySQL)
+    with connection.execute_wrapper(wrapper):
         assert lock.acquire()
     try:
-        assert dropped
+        assert wrapper.dropped
         assert row("lost-reply").id == lock.fence
         assert lock.held
+    finally:
+        assert lock.release()
+    assert row("lost-reply") is None
+
+
+@pytest.mark.parametrize("min_interval", [None, 60], ids=["plain", "min_interval"])
+def test_a_release_whose_reply_was_lost_is_not_a_loss(drops, caplog, min_interval):
+    """The DELETE commits, the connection drops before the reply: sent again on a new
+    connection, it finds the row gone, and knows it was ours (before the hold's deadline nobody
+    could take it over): no LockLost, no lock_lost, and the run is recorded ok."""
+    losses = []
+    receiver = lambda sender, **kwargs: losses.append(kwargs["name"])  # noqa: E731
+    lock_lost.connect(receiver, weak=False)
+    connection.ensure_connection()
+    wrapper = dropping(releases)
+    try:
+        with connection.execute_wrapper(wrapper):
+            with Marathon("lost-release-reply", min_interval=min_interval, **FAST):
+                pass
+    finally:
+        lock_lost.disconnect(receiver)
+    assert wrapper.dropped and row("lost-release-reply") is None
+    assert not losses, losses
+    assert "Lost the lock" not in caplog.text
+    assert "found its row gone" in caplog.text
+    if min_interval:
+        last = LastRun.objects.using("default").get(name="lost-release-reply")
+        assert last.outcome == "ok"
+
+
+def test_a_release_whose_connection_died_before_it_is_sent_again(drops, caplog):
+    """The connection is dead before the DELETE reaches the server: the DELETE is sent again
+    on a new connection, deletes the row, and the release is clean, without the warning."""
+    connection.ensure_connection()
+    lock = Marathon("dead-before-release", **FAST)
+    assert lock.acquire()
+    connection.connection.close()  # the server restarted, or an idle timeout
+    assert lock.release()
+    assert row("dead-before-release") is None
+    assert "found its row gone" not in caplog.text
+
+
+def test_a_release_that_finds_its_row_deleted_by_an_operator_is_a_loss(drops):
+    """Only a release that was sent again reads a missing row as its own: one sent once that
+    finds its row gone (an operator released it) is a loss, as before."""
+    lock = Marathon("operator-deleted", **FAST)
+    assert lock.acquire()
+    Lock.objects.using("default").filter(name="operator-deleted").delete()
+    assert not lock.release()
+    assert lock.lost
+
+
+def test_an_acquire_inside_a_transaction_whose_reply_was_lost_recognises_its_own_row(
+    drops,
+):
+    """Inside atomic() the statement runs on marathon's own connection: a lost reply there is
+    sent again too."""
+    wrapper = dropping(ours)
+
+    def on_connect(sender, connection, **kwargs):
+        if threading.current_thread() is main:
+            connection.execute_wrappers.append(wrapper)
+
+    main = threading.current_thread()
+    connection_created.connect(on_connect, weak=False)
+    lock = Marathon("lost-reply-atomic", **FAST)
+    try:
+        with transaction.atomic():
+            assert lock.acquire()
+            assert wrapper.dropped
+    finally:
+        connection_created.disconnect(on_connect)
+    try:
+        assert row("lost-reply-atomic").id == lock.fence
     finally:
         assert lock.release()
 
