@@ -1231,7 +1231,14 @@ class _Registry:
             and not heartbeat.holds
         ):
             heartbeat.idle_since = _clock()
-            heartbeat.wake.set()  # idle: end its session now, linger from now
+            # Idle: it lingers from now. It is woken only to close its session's
+            # connection at once; a wake for every release would cost more than
+            # the release's own statement. Without one it notices that it is
+            # idle at its next look (see _Heartbeat._wait). `session` is the
+            # thread's own: read here without its mutex, a session it is just
+            # starting is ended by the thread itself once it finds itself idle.
+            if heartbeat.session is not None:
+                heartbeat.wake.set()
 
     def _report(self, job):
         """Queue job for the reporter thread, starting one if none runs. Under the mutex."""
@@ -1399,7 +1406,8 @@ class _Heartbeat(threading.Thread):
                     if due <= now:
                         self.until = float("inf")
                         return list(self.holds.values())
-                    self.until = due
+                    # It looks at least every _LINGER: a release does not wake it.
+                    self.until = min(due, now + _LINGER)
                 else:
                     self.idle_since = (
                         now if self.idle_since is None else self.idle_since

@@ -150,6 +150,28 @@ def test_acquire_while_the_idle_heartbeat_decides_to_end_is_beaten(monkeypatch):
         assert late.release()
 
 
+def test_releases_do_not_wake_the_idle_heartbeat_and_it_still_ends():
+    """A wake for every release cost more than the release's statement: the heartbeat thread
+    is woken only to close an open session, and still notices within _LINGER that it is idle."""
+    idle = []
+
+    def count(point, **facts):
+        if point == "heartbeat.idle":
+            idle.append(time.monotonic())
+
+    slow = {"heartbeat": 30, "stale_after": 60}  # no beat, so no session to close
+    marathon._hook = count
+    for _ in range(50):
+        with Marathon("no-wake", **slow):
+            pass
+        threading.Event().wait(0.01)  # time for a woken thread to run
+    ended = time.monotonic()
+    wait_for(lambda: not heartbeat_threads(), DEADLINE, "the idle heartbeat to end")
+    marathon._hook = None
+    during = [t for t in idle if t < ended]
+    assert len(during) <= 10, "%d wakes in 50 releases" % len(during)
+
+
 def test_a_heartbeat_thread_that_cannot_start_leaves_no_row():
     def refuse():
         raise RuntimeError("can't start new thread")
