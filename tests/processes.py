@@ -27,6 +27,16 @@ DEADLINE = 10.0  # seconds: the longest any coordination step may take
 # The timing of a lock that should beat and go stale quickly: Marathon(name,
 # **FAST). stale_after leaves slack for a loaded CI machine.
 FAST = {"heartbeat": 0.2, "stale_after": 2.0}
+# marathon_lock's columns, sorted, as the latest migration leaves them.
+LOCK_COLUMNS = [
+    "heartbeat_at",
+    "id",
+    "locked_at",
+    "name",
+    "owner",
+    "stale_after",
+    "token",
+]
 
 _pause = threading.Event().wait  # works under libfaketime, unlike time.sleep
 

@@ -20,7 +20,7 @@ from django.db import connection, models
 import marathon
 import marathon_migrations
 from tests import settings as test_settings
-from tests.processes import child_env, run_python
+from tests.processes import LOCK_COLUMNS, child_env, run_python
 
 
 def probe(settings_module, *args):
@@ -77,15 +77,7 @@ def test_migrations_module_is_marathon_migrations():
 
 def test_migrate_creates_the_table_without_migration_modules(plain):
     assert "marathon_lock" in plain["tables"], plain["migrate"]
-    assert plain["columns"] == [
-        "heartbeat_at",
-        "id",
-        "locked_at",
-        "name",
-        "owner",
-        "stale_after",
-        "token",
-    ]
+    assert plain["columns"] == LOCK_COLUMNS
     assert "Applying marathon.0002_heartbeat" in plain["migrate"]
 
 

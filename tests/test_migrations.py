@@ -10,7 +10,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 
 from marathon import AlreadyRunning, Lock, Marathon
-from tests.processes import child_env, run_python
+from tests.processes import LOCK_COLUMNS, child_env, run_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,15 +54,7 @@ def test_a_0_1_database_keeps_its_rows_and_they_are_manual_locks(at_0_1):
             ["old-task", connection.ops.adapt_datetimefield_value(timezone.now())],
         )
     migrate(latest())
-    assert columns() == [
-        "heartbeat_at",
-        "id",
-        "locked_at",
-        "name",
-        "owner",
-        "stale_after",
-        "token",
-    ]
+    assert columns() == LOCK_COLUMNS
     old = Lock.objects.get(name="old-task")
     assert old.heartbeat_at is None and old.owner == "" and old.token == ""
     with pytest.raises(AlreadyRunning) as caught:
