@@ -2423,7 +2423,9 @@ def _acquire_unless_signalled(lock, wait, received):
             return outcome
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            if error is not None:
+            if outcome is None:
+                raise error  # the attempt's own, explained there
+            if error is not None:  # a busy SQLite
                 raise _explained(error, lock.name, connections[_alias(lock.using)])
             return outcome
         _sleep(min(pause, remaining))

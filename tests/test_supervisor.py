@@ -419,3 +419,55 @@ def test_a_standby_that_never_reached_the_database_fails_at_once(outage):
     connection.close()
     with pytest.raises(OperationalError):
         marathon._supervise("standby-unreachable", ["true"], wait=None)
+
+
+def test_a_standby_that_gives_up_on_a_row_lock_explains_it_once(monkeypatch):
+    """Each attempt waits 2 s for the row a transaction inserted and keeps uncommitted, then
+    fails with PostgreSQL's lock timeout, which the attempt explains; at the deadline the
+    standby raises that error as it is, not explained twice."""
+    import threading
+
+    from django.db import OperationalError, connections, transaction
+
+    import marathon
+    from marathon import Marathon
+
+    if connection.vendor != "postgresql":
+        pytest.skip("only PostgreSQL's lock statements give up on a row lock (2 s)")
+    holder = Marathon("standby-row-lock", heartbeat=HEARTBEAT, stale_after=10)
+    assert holder.acquire()
+    inserted, done = threading.Event(), threading.Event()
+
+    def insert_and_keep():  # an ORM create in a transaction that does not end
+        try:
+            with transaction.atomic():
+                Lock.objects.create(name="standby-row-lock")
+                inserted.set()
+                done.wait(30)
+        finally:
+            connections.close_all()
+
+    other = threading.Thread(target=insert_and_keep)
+
+    def sleep(seconds):
+        if not other.is_alive() and not inserted.is_set():  # the lock was found held
+            assert holder.release()
+            other.start()
+            assert inserted.wait(10)
+
+    monkeypatch.setattr(marathon, "_sleep", sleep)
+    try:
+        with pytest.raises(OperationalError) as caught:
+            marathon._supervise(
+                "standby-row-lock",
+                ["true"],
+                wait=3,
+                heartbeat=HEARTBEAT,
+                stale_after=10,
+            )
+    finally:
+        done.set()
+        if other.is_alive() or inserted.is_set():
+            other.join(30)
+    message = str(caught.value)
+    assert message.count("another transaction holds the lock's row") == 1, message
