@@ -577,10 +577,11 @@ _Holder = collections.namedtuple(
     "_Holder", "id owner locked_at heartbeat_at age stale_after token"
 )
 # An attempt's outcome: the fence if taken, else the holder (None if it left
-# meanwhile), or the error of a SQLite database too busy to answer, or the
+# meanwhile), or the error that another attempt may not meet (`failed`: a
+# SQLite database too busy to answer, an answer that came too late), or the
 # last run that finished too recently (a _LastRun). `took_over`: the stale
 # holder this attempt deleted, if any.
-_Outcome = collections.namedtuple("_Outcome", "fence holder busy last_run took_over")
+_Outcome = collections.namedtuple("_Outcome", "fence holder failed last_run took_over")
 _Outcome.__new__.__defaults__ = (None, None, None)
 # A lock's last run as the min_interval check reads it; `age`: seconds since it finished.
 _LastRun = collections.namedtuple("_LastRun", "outcome finished_at owner age")
@@ -744,14 +745,17 @@ def _read_holder(cursor, name, token):
     )
 
 
-def _take(cursor, name, owner, token, stale_after, min_interval):
+def _take(cursor, name, owner, token, stale_after, min_interval, took):
     """One round of an acquire: take the lock, then, with a min_interval, check its last run.
 
     The check comes after the lock is ours and the record is written before a
     holder deletes its row, so two hosts one after the other never both run
-    inside one period.
+    inside one period. `took` (a list) keeps the holders taken over, across
+    the sends of one attempt.
     """
-    outcome = _take_or_take_over(cursor, name, owner, token, stale_after, min_interval)
+    outcome = _take_or_take_over(
+        cursor, name, owner, token, stale_after, min_interval, took
+    )
     if outcome.fence is None or min_interval is None:
         return outcome
     cursor.execute(_SELECT_LAST_RUN[cursor.db.vendor], [name])
@@ -762,15 +766,16 @@ def _take(cursor, name, owner, token, stale_after, min_interval):
     return outcome
 
 
-def _take_or_take_over(cursor, name, owner, token, stale_after, min_interval):
+def _take_or_take_over(cursor, name, owner, token, stale_after, min_interval, took):
     """Insert; if the holder is stale by its own stale_after, delete it and insert again."""
     vendor = cursor.db.vendor
-    outcome, took_over = _Outcome(None, None), None
+    outcome = _Outcome(None, None)
     for _ in range(3):  # a holder that leaves, or a takeover, earns another attempt
         outcome = _insert_or_read_holder(cursor, name, owner, token, stale_after)
         holder = outcome.holder
         if outcome.fence is not None:
-            return outcome._replace(took_over=took_over)
+            # A takeover whose reply was lost: the send that found our row says so too.
+            return outcome._replace(took_over=took[-1] if took else None)
         if holder is None:
             continue  # the holder left between our statements
         limit = stale_after if holder.stale_after is None else holder.stale_after
@@ -779,7 +784,7 @@ def _take_or_take_over(cursor, name, owner, token, stale_after, min_interval):
         if min_interval is not None:
             cursor.execute(_RECORD_ABANDONED[vendor], [holder.id])
         if _rowcount(cursor, _DELETE_STALE[vendor], [holder.id, stale_after]) == 1:
-            took_over = holder
+            took.append(holder)
             logger.warning(
                 "Took over the stale lock %r from %s: its last heartbeat was %.1f s ago (stale after %s s); "
                 "its run was abandoned.",
@@ -896,13 +901,14 @@ def _close_own(connection):
         connection.connection = None
 
 
-def _run(alias, operation, *args):
-    """Run operation(cursor, *args) where it commits at once (see above)."""
+def _run(alias, operation, *args, again=True):
+    """Run operation(cursor, *args) where it commits at once (see above). `again`: the
+    operation may run twice (see _sent_once)."""
     connection = connections[alias]
     for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
         try:
             with _fork_guard.statement(connection):
-                return _run_here(connection, alias, operation, *args)
+                return _run_here(connection, alias, operation, args, again)
         except OperationalError as exc:
             # InnoDB resolves a deadlock by rolling back one statement, and asks
             # for it again; each of ours is its own transaction, and safe to
@@ -919,39 +925,42 @@ def _run(alias, operation, *args):
             )  # apart from the other party, which tries again too
 
 
-def _run_here(connection, alias, operation, *args):
+def _run_here(connection, alias, operation, args, again):
     if _in_testcase(connection):
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             return operation(cursor, *args)
     if _in_transaction(connection):
         private = _own_connection(connection)
         try:
-            return _sent_once(private, operation, args)
+            return _sent_once(private, operation, args, again)
         finally:
             _close_own(private)
     opened = connection.connection is None
     try:
-        return _sent_once(connection, operation, args)
+        return _sent_once(connection, operation, args, again)
     finally:
         if opened:
             connection.close()
 
 
-def _sent_once(connection, operation, args):
+def _sent_once(connection, operation, args, again):
     """operation(cursor, *args) on connection, once more on a new one if it died once the
-    statement was sent: the statement may have committed and only its reply been lost.
+    statement was sent (unless not `again`): the statement may have committed and only its
+    reply been lost.
 
     A long task can outlive its connection too (a server restart, an idle
-    timeout). Every operation may run twice: an acquire recognises its own row
-    by its token, a release cannot delete another holder's row, a record is
-    kept only over an older fence. The new connection is closed after, so that
-    Django opens its own again when it next needs one.
+    timeout). A holder's operations may run twice: an acquire recognises its
+    own row by its token, a release cannot delete another holder's row, a
+    record is kept only over an older fence. An operator's release is sent
+    once: it could not tell a row its lost reply deleted from one the holder
+    released. The new connection is closed after, so that Django opens its own
+    again when it next needs one.
     """
     try:
         with connection.cursor() as cursor:
             return operation(cursor, *args)
     except (OperationalError, InterfaceError):
-        if connection.connection is None or connection.is_usable():
+        if not again or connection.connection is None or _usable(connection):
             raise  # it could not connect, or the statement failed, not the connection
         with contextlib.suppress(Error):
             connection.close()  # a dead connection may fail to close; it is closed all the same
@@ -960,6 +969,20 @@ def _sent_once(connection, operation, args):
             return operation(cursor, *args)
     finally:
         connection.close()
+
+
+def _usable(connection):
+    """Django's is_usable(), but never reconnecting: PyMySQL's ping() reconnects by default
+    before 1.1, which makes a dead connection look alive. (mysqlclient's never does, and
+    warns if asked not to.)"""
+    raw = connection.connection
+    if connection.vendor != "mysql" or not type(raw).__module__.startswith("pymysql"):
+        return connection.is_usable()
+    try:
+        raw.ping(False)
+    except connection.Database.Error:
+        return False
+    return True
 
 
 def _callers_transaction(alias):
@@ -1808,6 +1831,7 @@ class Marathon:
                 plan.token,
                 plan.stale_after,
                 plan.min_interval,
+                [],
             )
         except OperationalError as exc:
             if plan.vendor != "sqlite" or "locked" not in str(exc):
@@ -1815,9 +1839,31 @@ class Marathon:
             # SQLite has one writer at a time and its busy timeout ran out:
             # retried until `wait` runs out, then raised, never taken for a holder.
             return _Outcome(None, None, exc)
-        if outcome.fence is not None:
-            self._hold_taken(plan, outcome, sent)
+        if outcome.fence is None:
+            return outcome
+        waited = _clock() - sent
+        if waited >= plan.stale_after - plan.heartbeat / 2 and not _in_testcase(
+            connections[plan.alias]
+        ):
+            return self._answered_late(plan, outcome.fence, waited)
+        self._hold_taken(plan, outcome, sent)
         return outcome
+
+    def _answered_late(self, plan, fence, waited):
+        """The row is ours, but its answer came after the hold's loss deadline (a database that
+        stalled, a lost reply sent again): another host may take it over at any moment. It
+        is deleted again, and the attempt failed."""
+        with contextlib.suppress(Error):  # else it goes stale, as a crashed holder's
+            _run(plan.alias, _delete_own, fence, plan.token)
+        return _Outcome(
+            None,
+            None,
+            OperationalError(
+                "Lock %r: the database answered the acquire after %.1f s, past the lock's "
+                "loss deadline (stale_after - heartbeat / 2 = %.1f s); it was not taken."
+                % (self.name, waited, plan.stale_after - plan.heartbeat / 2)
+            ),
+        )
 
     def _hold_taken(self, plan, outcome, sent):
         beaten = not _in_testcase(connections[plan.alias])
@@ -1899,10 +1945,10 @@ class Marathon:
             removed = _run(hold.alias, finish)
         except OperationalError as exc:
             raise _explained(exc, self.name, connections[hold.alias]) from exc
-        if not removed and len(sent) > 1 and sent[0] < hold.deadline:
+        if not removed and len(sent) > 1 and _clock() < hold.deadline:
             # Sent again (its connection died, or a deadlock), and the row was
-            # gone: the first DELETE committed and its reply was lost. Before
-            # the hold's deadline nobody could take it over; only an
+            # gone before the hold's deadline, when nobody could take it over
+            # yet: the first DELETE committed and its reply was lost. Only an
             # operator's release in that very moment is misread as ours.
             logger.warning(
                 "The release of the lock %r was sent again and found its row gone: "
@@ -2098,10 +2144,10 @@ class _Plan(
         remaining = self.deadline - time.monotonic()
         if remaining > 0:
             return min(pause, remaining)
-        if outcome.busy is not None:
+        if outcome.failed is not None:
             raise _explained(
-                outcome.busy, name, connections[self.alias]
-            ) from outcome.busy
+                outcome.failed, name, connections[self.alias]
+            ) from outcome.failed
         return None
 
 
@@ -2396,7 +2442,7 @@ def _acquire_unless_signalled(lock, wait, received):
         hold = lock._hold
         try:
             outcome = lock._attempt(lock._plan(0))
-            error, answered = outcome.busy, True  # a busy SQLite answered too
+            error, answered = outcome.failed, True  # a busy SQLite answered too
         except (OperationalError, InterfaceError) as exc:
             if not answered or lock._hold is not hold:  # see above
                 raise
@@ -2425,7 +2471,7 @@ def _acquire_unless_signalled(lock, wait, received):
         if remaining <= 0:
             if outcome is None:
                 raise error  # the attempt's own, explained there
-            if error is not None:  # a busy SQLite
+            if error is not None:  # a busy SQLite, or an answer too late
                 raise _explained(error, lock.name, connections[_alias(lock.using)])
             return outcome
         _sleep(min(pause, remaining))
@@ -3003,7 +3049,8 @@ def _main(argv):
         except Error as exc:
             raise CommandError(_database_failed(alias, exc), returncode=3) from exc
         finally:
-            connections[alias].close()
+            with contextlib.suppress(Error):  # a dead connection may fail to close
+                connections[alias].close()
     except CommandError as error:
         print("python -m marathon: error: %s" % error, file=sys.stderr)
         return error.returncode
@@ -3130,7 +3177,7 @@ def _release(alias, names, stale):
         candidates = [
             lock for lock in _locks(alias) if _state(lock, stale_after) == "stale"
         ]
-        released = _run(alias, _release_stale, candidates, stale_after)
+        released = _run(alias, _release_stale, candidates, stale_after, again=False)
     else:
         found = {
             lock.name: lock

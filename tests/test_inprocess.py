@@ -14,7 +14,13 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from django.db import InterfaceError, connection, connections, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.backends.signals import connection_created
 from django.db.utils import ConnectionDoesNotExist
 from django.test import override_settings
@@ -444,14 +450,10 @@ def releases(sql):
 
 @pytest.fixture
 def drops():
-    """Skips where no connection can be dropped."""
+    """Skips where no connection can be dropped. (PyMySQL 1.0, whose ping() reconnects by
+    default, runs them too: marathon pings without reconnecting.)"""
     if connection.vendor == "sqlite":
         pytest.skip("SQLite has no connection to drop")
-    driver = connection.Database  # PyMySQL poses as MySQLdb, under its own name
-    if driver.__name__ == "pymysql" and driver.VERSION < (1, 1):
-        pytest.skip(
-            "PyMySQL 1.0's ping() reconnects, so Django finds a dropped connection usable"
-        )
 
 
 @pytest.mark.parametrize("fresh", [False, True], ids=["open", "fresh"])
@@ -548,6 +550,132 @@ def test_an_acquire_inside_a_transaction_whose_reply_was_lost_recognises_its_own
         assert row("lost-reply-atomic").id == lock.fence
     finally:
         assert lock.release()
+
+
+STALE = "2000-01-01T00:00:00Z"
+
+
+def test_a_release_sent_again_that_finds_a_takeover_after_its_deadline_is_a_loss(
+    drops, caplog
+):
+    """The first DELETE never reaches the server: the connection hangs (a partition) until
+    the unbeaten row is stale and another host takes it over, then dies. The DELETE sent
+    again finds the row gone after the hold's deadline: that is a loss, not our release."""
+    a = Marathon("late-retry", **FAST)
+    b = Marathon("late-retry", **FAST)
+    assert a.acquire()
+    losses = []
+    receiver = lambda sender, **kwargs: losses.append(kwargs["fence"])  # noqa: E731
+    lock_lost.connect(receiver, weak=False)
+    taken = []
+
+    def take_over():
+        try:
+            taken.append(b.acquire(wait=DEADLINE))
+        finally:
+            connections.close_all()
+
+    first = []
+
+    def hang_then_die(execute, sql, params, many, context):
+        if not first and releases(sql):
+            first.append(sql)
+            other = threading.Thread(target=take_over)
+            other.start()
+            other.join(DEADLINE)
+            context["connection"].connection.close()
+            raise InterfaceError("connection already closed")
+        return execute(sql, params, many, context)
+
+    try:
+        with connection.execute_wrapper(hang_then_die):
+            released = a.release()
+        assert taken == [True], "B never took the stale row over"
+        try:
+            assert not released
+            wait_for(lambda: losses == [a.fence], DEADLINE, "lock_lost for A")
+            assert "found its row gone" not in caplog.text
+        finally:
+            assert b.release()
+    finally:
+        lock_lost.disconnect(receiver)
+
+
+def test_a_takeover_whose_reply_was_lost_still_says_took_over(drops):
+    """The stale row is deleted, ours inserted, the reply lost: the send that finds our row
+    still tells lock_acquired receivers that a run was abandoned."""
+    Lock.objects.create(
+        name="lost-takeover", owner="web1:42", heartbeat_at=STALE, token="dead" * 8
+    )
+    seen = []
+    deleted = []
+
+    def receiver(sender, name, took_over, **kwargs):
+        seen.append(took_over)
+
+    def after_the_takeover(sql):
+        if sql.startswith("DELETE"):
+            deleted.append(sql)
+            return False
+        return bool(deleted) and ours(sql)  # the insert after the stale row's delete
+
+    lock_acquired.connect(receiver, weak=False)
+    wrapper = dropping(after_the_takeover)
+    connection.ensure_connection()
+    lock = Marathon("lost-takeover", **FAST)
+    try:
+        with connection.execute_wrapper(wrapper):
+            assert lock.acquire()
+        if (
+            connection.vendor == "postgresql"
+        ):  # the takeover is in marathon_acquire()'s caller
+            assert wrapper.dropped
+        assert seen == [True]
+    finally:
+        lock_acquired.disconnect(receiver)
+        assert lock.release()
+
+
+def test_an_operators_release_whose_reply_was_lost_is_an_error_not_a_miscount(
+    drops, capsys, caplog
+):
+    """An operator's DELETE is sent once: sent again, it could not tell the row its lost reply
+    deleted from one the holder released meanwhile, and would report it not released."""
+    for name in ("stale-a", "stale-b"):
+        Lock.objects.create(name=name, owner="web1:42", heartbeat_at=STALE)
+    wrapper = dropping(lambda sql: sql.startswith("DELETE"))
+    with connection.execute_wrapper(wrapper):
+        code = marathon._main(["release", "--stale"])
+    out, err = capsys.readouterr()
+    assert wrapper.dropped
+    assert code == 3 and "Released" not in out, (code, out, err)
+    assert "error" in err
+
+
+def test_an_acquire_answered_after_its_loss_deadline_is_not_taken(drops):
+    """The INSERT commits, its reply comes later than stale_after - heartbeat / 2 (a stalled
+    database, a lost reply sent again): another host may take the row over at once, so the
+    row is deleted again and the attempt fails, as one against a busy database does."""
+    stalled = []
+
+    def stall_after_commit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not stalled and ours(sql):
+            stalled.append(sql)
+            threading.Event().wait(FAST["stale_after"])
+            context["connection"].connection.close()
+            raise InterfaceError("connection already closed")
+        return result
+
+    connection.ensure_connection()
+    lock = Marathon("stale-on-arrival", **FAST)
+    with connection.execute_wrapper(stall_after_commit):
+        with pytest.raises(OperationalError, match="past the lock's loss deadline"):
+            lock.acquire()
+    assert stalled and not lock.held
+    assert row("stale-on-arrival") is None
+    assert lock.acquire()  # the next attempt, answered in time, takes it
+    assert lock.release()
 
 
 # ---- 11. Smaller ----
