@@ -821,7 +821,8 @@ def _rowcount(cursor, sql, params):
 
 
 def _explained(exc, name, connection):
-    """The database error `exc` of lock `name`, with what to do about it where we know."""
+    """The database error `exc` of lock `name`, with what to do about it where we know: a new
+    error caused by `exc`, or `exc` itself."""
     text = str(exc)
     if (
         connection.vendor == "sqlite"
@@ -1767,9 +1768,9 @@ class Marathon:
 
     def _acquire(self, wait):
         """Take the lock, or find who holds it: the last attempt's _Outcome."""
-        plan = self._plan(wait)
+        plan, took = self._plan(wait), []
         for pause in _pauses():
-            outcome = self._attempt(plan)
+            outcome = self._attempt(plan, took)
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
                 return outcome
@@ -1777,10 +1778,10 @@ class Marathon:
 
     async def _aacquire(self, wait):
         """_acquire() for async code: each attempt runs where Django allows database work."""
-        plan = self._plan(wait)
+        plan, took = self._plan(wait), []
         for pause in _pauses():
             outcome = await _in_thread_uncancelled(
-                self._attempt, plan, undo=functools.partial(self._release, None)
+                self._attempt, plan, took, undo=functools.partial(self._release, None)
             )
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
@@ -1812,15 +1813,23 @@ class Marathon:
             alias,
             connection.vendor,
             _owner(),
-            secrets.token_hex(16),
+            None,  # each attempt's own (see _attempt)
             heartbeat,
             stale_after,
             self.min_interval,
             deadline,
         )
 
-    def _attempt(self, plan):
-        """One attempt. If it takes the lock, the lock is held and beaten when it returns."""
+    def _attempt(self, plan, took):
+        """One attempt. If it takes the lock, the lock is held and beaten when it returns.
+
+        Each attempt has a token of its own: a row that an earlier one left
+        behind (answered too late, and its delete failed) is not this one's to
+        adopt, however it carries the acquisition's owner; it goes stale and is
+        taken over as any other. `took` keeps the holders that the
+        acquisition's attempts took over.
+        """
+        plan = plan._replace(token=secrets.token_hex(16))
         sent = _clock()
         try:
             outcome = _run(
@@ -1831,11 +1840,12 @@ class Marathon:
                 plan.token,
                 plan.stale_after,
                 plan.min_interval,
-                [],
+                took,
             )
         except OperationalError as exc:
             if plan.vendor != "sqlite" or "locked" not in str(exc):
-                raise _explained(exc, self.name, connections[plan.alias]) from exc
+                error = _explained(exc, self.name, connections[plan.alias])
+                raise error from error.__cause__  # never its own cause
             # SQLite has one writer at a time and its busy timeout ran out:
             # retried until `wait` runs out, then raised, never taken for a holder.
             return _Outcome(None, None, exc)
@@ -1944,7 +1954,8 @@ class Marathon:
         try:
             removed = _run(hold.alias, finish)
         except OperationalError as exc:
-            raise _explained(exc, self.name, connections[hold.alias]) from exc
+            error = _explained(exc, self.name, connections[hold.alias])
+            raise error from error.__cause__
         if not removed and len(sent) > 1 and _clock() < hold.deadline:
             # Sent again (its connection died, or a deadlock), and the row was
             # gone before the hold's deadline, when nobody could take it over
@@ -2129,7 +2140,8 @@ class Marathon:
         return run_alone
 
 
-# One acquisition's facts, fixed before its first attempt.
+# One acquisition's facts, fixed before its first attempt (but the token,
+# which each attempt draws afresh).
 class _Plan(
     collections.namedtuple(
         "_Plan", "alias vendor owner token heartbeat stale_after min_interval deadline"
@@ -2145,9 +2157,7 @@ class _Plan(
         if remaining > 0:
             return min(pause, remaining)
         if outcome.failed is not None:
-            raise _explained(
-                outcome.failed, name, connections[self.alias]
-            ) from outcome.failed
+            raise _explained(outcome.failed, name, connections[self.alias])
         return None
 
 
@@ -2435,13 +2445,13 @@ def _acquire_unless_signalled(lock, wait, received):
     receiver): the attempt released the lock, and another would only repeat it.
     """
     deadline = float("inf") if wait is None else time.monotonic() + wait
-    answered, failing = False, None
+    answered, failing, took = False, None, []
     for pause in _pauses():
         if received:
             return None
         hold = lock._hold
         try:
-            outcome = lock._attempt(lock._plan(0))
+            outcome = lock._attempt(lock._plan(0), took)
             error, answered = outcome.failed, True  # a busy SQLite answered too
         except (OperationalError, InterfaceError) as exc:
             if not answered or lock._hold is not hold:  # see above

@@ -444,6 +444,13 @@ def ours(sql):
     return "marathon_" in sql
 
 
+def acquires(sql):
+    """The statement that inserts the lock's row (not SQLite's SELECT before it)."""
+    return "marathon_acquire" in sql or (
+        sql.startswith("INSERT") and "marathon_lock" in sql
+    )
+
+
 def releases(sql):
     return "marathon_release" in sql or sql.startswith("DELETE")
 
@@ -676,6 +683,152 @@ def test_an_acquire_answered_after_its_loss_deadline_is_not_taken(drops):
     assert row("stale-on-arrival") is None
     assert lock.acquire()  # the next attempt, answered in time, takes it
     assert lock.release()
+
+
+def stalling(after, then=None):
+    """An execute wrapper: the first statement for which after(sql) is true commits, and its
+    answer comes FAST's stale_after later (a database that stalled). `then(sql)`, if given,
+    may raise for the statements that follow, before they are sent, as a failing database
+    does."""
+    stalled = []
+
+    def wrapper(execute, sql, params, many, context):
+        if stalled and then is not None:
+            then(sql)  # before it reaches the database
+        result = execute(sql, params, many, context)
+        if not stalled and after(sql):
+            stalled.append(sql)
+            threading.Event().wait(FAST["stale_after"] + 0.3)
+        return result
+
+    wrapper.stalled = stalled
+    return wrapper
+
+
+def test_a_row_a_late_attempt_could_not_delete_is_not_adopted_by_the_next(drops):
+    """Attempt 1 is answered late and its DELETE of the row fails. Attempt 2 (wait > 0) must not
+    take that row, already stale, for its own: each attempt has a token of its own, so the
+    row is a stranger's, taken over once stale, and no two holders overlap."""
+    failed = []
+
+    def fail_the_delete(sql):
+        if not failed and releases(sql):
+            failed.append(sql)
+            raise OperationalError("canceling statement due to lock timeout")
+
+    a = Marathon("late-adopted", **FAST)
+    b = Marathon("late-adopted", **FAST)
+    wrapper = stalling(acquires, fail_the_delete)
+    with seam("heartbeat.beat"):  # a heartbeat too slow to tell A of a takeover
+        try:
+            with connection.execute_wrapper(wrapper):
+                assert a.acquire(wait=DEADLINE)
+            assert wrapper.stalled and failed
+            assert not (b.acquire() and a.held), "A and B hold the lock at once"
+        finally:
+            a.release()
+            b.release()
+
+
+def test_a_row_left_by_an_attempt_that_met_a_busy_sqlite_is_not_adopted(monkeypatch):
+    """The same without an injected fault: with a min_interval the INSERT commits, then another
+    connection holds SQLite's write lock past the busy timeout, so the last-run SELECT fails;
+    the next attempt within `wait` must not take the left row for its own."""
+    import sqlite3
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's write lock")
+    connection.close()
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {"timeout": 0.5})
+    locked, blockers = threading.Event(), []
+
+    def block():
+        other = sqlite3.connect(
+            connection.settings_dict["NAME"], isolation_level=None, timeout=5
+        )
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            threading.Event().wait(FAST["stale_after"] + 0.3)
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    def wrapper(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not blockers and acquires(sql):
+            blockers.append(threading.Thread(target=block))
+            blockers[0].start()
+            assert locked.wait(DEADLINE)
+        return result
+
+    a = Marathon("busy-adopted", min_interval=60, **FAST)
+    b = Marathon("busy-adopted", min_interval=60, **FAST)
+    with seam("heartbeat.beat"):
+        try:
+            with connection.execute_wrapper(wrapper):
+                assert a.acquire(wait=DEADLINE)
+            blockers[0].join(DEADLINE)
+            assert not (b.acquire() and a.held), "A and B hold the lock at once"
+        finally:
+            a.release()
+            b.release()
+            connection.close()
+
+
+def test_an_error_marathon_raises_is_never_its_own_cause(drops):
+    """An error raised as it is (no advice to add) keeps its cause, the driver's error: one that
+    is its own cause makes Django's error reporter (the DEBUG page, AdminEmailHandler) warn
+    of a cycle."""
+    import warnings
+
+    from django.views.debug import ExceptionReporter
+
+    with connection.execute_wrapper(stalling(acquires)):
+        with pytest.raises(OperationalError, match="loss deadline") as caught:
+            Marathon("late-cycle", **FAST).acquire()
+    error = caught.value
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        ExceptionReporter(
+            None, type(error), error, error.__traceback__
+        ).get_traceback_text()
+    assert error.__cause__ is not error
+    assert not [w for w in warned if "Cycle" in str(w.message)]
+
+
+def test_a_takeover_by_an_earlier_attempt_of_the_acquisition_is_still_said(drops):
+    """Attempt 1 takes over a stale row (its run abandoned), is answered late and deletes its
+    own row again; attempt 2 finds the name free. The acquisition did abandon a run:
+    lock_acquired says took_over=True."""
+    Lock.objects.create(
+        name="late-takeover", owner="web1:42", heartbeat_at=STALE, token="dead" * 8
+    )
+    seen, deleted = [], []
+
+    def receiver(sender, took_over, **kwargs):
+        seen.append(took_over)
+
+    def after_the_takeover(sql):
+        if sql.startswith("DELETE"):
+            deleted.append(sql)
+            return False
+        return bool(deleted) and acquires(sql)
+
+    lock_acquired.connect(receiver, weak=False)
+    lock = Marathon("late-takeover", **FAST)
+    wrapper = stalling(after_the_takeover)
+    try:
+        with connection.execute_wrapper(wrapper):
+            assert lock.acquire(wait=DEADLINE)
+        if (
+            connection.vendor != "postgresql"
+        ):  # there the takeover is marathon_acquire()'s caller's DELETE
+            assert wrapper.stalled
+        assert seen == [True]
+    finally:
+        lock_acquired.disconnect(receiver)
+        assert lock.release()
 
 
 # ---- 11. Smaller ----
