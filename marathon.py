@@ -1146,7 +1146,7 @@ class _Hold:
         self.token = plan.token
         self.owner = plan.owner
         self.interval = plan.heartbeat
-        self.stale_after = plan.stale_after
+        self.loss_after = plan.loss_after
         self.min_interval = plan.min_interval
         self.acquired = self.confirmed = confirmed  # _clock() when the acquire was sent
         self.due = confirmed + plan.heartbeat  # when the next beat is due
@@ -1162,7 +1162,7 @@ class _Hold:
     @property
     def deadline(self):
         """Lost unless confirmed by then: before anyone can take it over, with half an interval to spare."""
-        return self.confirmed + self.stale_after - self.interval / 2
+        return self.confirmed + self.loss_after
 
     def mine(self):
         return self.pid == os.getpid()
@@ -1852,9 +1852,7 @@ class Marathon:
         if outcome.fence is None:
             return outcome
         waited = _clock() - sent
-        if waited >= plan.stale_after - plan.heartbeat / 2 and not _in_testcase(
-            connections[plan.alias]
-        ):
+        if waited >= plan.loss_after and not _in_testcase(connections[plan.alias]):
             return self._answered_late(plan, outcome.fence, waited)
         self._hold_taken(plan, outcome, sent)
         return outcome
@@ -1871,7 +1869,7 @@ class Marathon:
             OperationalError(
                 "Lock %r: the database answered the acquire after %.1f s, past the lock's "
                 "loss deadline (stale_after - heartbeat / 2 = %.1f s); it was not taken."
-                % (self.name, waited, plan.stale_after - plan.heartbeat / 2)
+                % (self.name, waited, plan.loss_after)
             ),
         )
 
@@ -1945,10 +1943,10 @@ class Marathon:
             self._record_loss(hold)
             return False  # lost: its row is another holder's now, or ours but stale; not ours to touch
         recorded = outcome if hold.min_interval is not None else None
-        sent = []
+        sends = []  # one entry a send: _run may send it again
 
         def finish(cursor):
-            sent.append(_clock())
+            sends.append(None)
             return _finish(cursor, hold.fence, hold.token, recorded)
 
         try:
@@ -1956,7 +1954,7 @@ class Marathon:
         except OperationalError as exc:
             error = _explained(exc, self.name, connections[hold.alias])
             raise error from error.__cause__
-        if not removed and len(sent) > 1 and _clock() < hold.deadline:
+        if not removed and len(sends) > 1 and _clock() < hold.deadline:
             # Sent again (its connection died, or a deadlock), and the row was
             # gone before the hold's deadline, when nobody could take it over
             # yet: the first DELETE committed and its reply was lost. Only an
@@ -2147,6 +2145,12 @@ class _Plan(
         "_Plan", "alias vendor owner token heartbeat stale_after min_interval deadline"
     )
 ):
+    @property
+    def loss_after(self):
+        """Seconds after its last confirmation when a hold counts as lost: before anyone can
+        take it over, with half an interval to spare."""
+        return self.stale_after - self.heartbeat / 2
+
     def retry_in(self, outcome, pause, name):
         """Seconds to wait before the next attempt, or None: `outcome` is the answer.
 
