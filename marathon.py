@@ -780,6 +780,8 @@ def _take_or_take_over(cursor, name, owner, token, stale_after, min_interval, to
             continue  # the holder left between our statements
         limit = stale_after if holder.stale_after is None else holder.stale_after
         if holder.age is None or holder.age <= limit:
+            # A live holder: the next one's predecessor is it, not any taken over before.
+            del took[:]
             return outcome
         if min_interval is not None:
             cursor.execute(_RECORD_ABANDONED[vendor], [holder.id])

@@ -796,6 +796,57 @@ def test_a_takeover_whose_answer_was_lost_or_late_still_says_took_over(drops, fa
         assert lock.release()
 
 
+@pytest.mark.parametrize("how", ["acquire", "standby"])
+def test_took_over_is_not_said_after_a_live_holder_ran_in_between(how):
+    """A deletes the stale row, and B takes the free name before A's insert. A waits while B
+    runs and releases cleanly, then takes the lock: its predecessor is B, which did not
+    crash, so took_over is False; also for the supervisor's standby, whose wait may last
+    hours."""
+    name = "took-then-live-" + how
+    Lock.objects.create(
+        name=name, owner="web1:42", heartbeat_at=STALE, token="dead" * 8
+    )
+    seen = []
+    b_has_it = threading.Event()
+
+    def receiver(sender, took_over, **kwargs):
+        seen.append((threading.current_thread().name, took_over))
+
+    def run_b():
+        try:
+            b = Marathon(name, **FAST)
+            assert b.acquire()
+            b_has_it.set()
+            threading.Event().wait(0.5)  # B's run, which ends well
+            assert b.release()
+        finally:
+            connections.close_all()
+
+    b_thread = threading.Thread(target=run_b, name="B")
+
+    def start_b_after_the_takeover(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        is_takeover = sql.startswith("DELETE") and "token" not in sql
+        if is_takeover and not b_has_it.is_set():
+            b_thread.start()  # B inserts into the name A just freed
+            assert b_has_it.wait(DEADLINE)
+        return result
+
+    lock_acquired.connect(receiver, weak=False)
+    a = Marathon(name, **FAST)
+    try:
+        with connection.execute_wrapper(start_b_after_the_takeover):
+            if how == "acquire":
+                assert a.acquire(wait=DEADLINE)
+            else:
+                assert marathon._acquire_unless_signalled(a, DEADLINE, []).fence
+        b_thread.join(DEADLINE)
+        assert seen == [("B", False), ("MainThread", False)]
+    finally:
+        lock_acquired.disconnect(receiver)
+        a.release()
+
+
 # ---- 11. Smaller ----
 
 
