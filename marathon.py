@@ -745,24 +745,49 @@ def _read_holder(cursor, name, token):
     )
 
 
-def _take(cursor, name, owner, token, stale_after, min_interval, took):
+class _Tries:
+    """What the attempts of one acquisition share.
+
+    `took`: the stale holders they took over; the last is the predecessor
+    that lock_acquired names. `left`: rows (fence, token) that an attempt
+    inserted but could neither keep nor delete (its answer came too late, or
+    a statement after the insert failed). They are no attempt's to adopt, but
+    they are this acquisition's own: the next attempt deletes them before it
+    inserts, rather than wait for them to go stale and take them over as an
+    abandoned run.
+    """
+
+    __slots__ = ("took", "left")
+
+    def __init__(self):
+        self.took, self.left = [], []
+
+
+def _take(cursor, name, owner, token, stale_after, min_interval, tries):
     """One round of an acquire: take the lock, then, with a min_interval, check its last run.
 
     The check comes after the lock is ours and the record is written before a
     holder deletes its row, so two hosts one after the other never both run
-    inside one period. `took` (a list) keeps the holders taken over, across
-    the sends of one attempt.
+    inside one period. `tries` (a _Tries) is shared by the sends of one
+    attempt and the attempts of one acquisition.
     """
+    # A left row's id is never another holder's: a takeover inserts a new one.
+    for left in tries.left:
+        _delete_own(cursor, *left)
+    del tries.left[:]
     outcome = _take_or_take_over(
-        cursor, name, owner, token, stale_after, min_interval, took
+        cursor, name, owner, token, stale_after, min_interval, tries.took
     )
     if outcome.fence is None or min_interval is None:
         return outcome
+    tries.left.append((outcome.fence, token))  # until the check has settled it
     cursor.execute(_SELECT_LAST_RUN[cursor.db.vendor], [name])
     row = cursor.fetchone()
     if row is not None and row[0] == "ok" and row[3] < min_interval:
         _delete_own(cursor, outcome.fence, token)
+        del tries.left[:]
         return _Outcome(None, None, last_run=_LastRun(*row))
+    del tries.left[:]
     return outcome
 
 
@@ -1770,9 +1795,9 @@ class Marathon:
 
     def _acquire(self, wait):
         """Take the lock, or find who holds it: the last attempt's _Outcome."""
-        plan, took = self._plan(wait), []
+        plan, tries = self._plan(wait), _Tries()
         for pause in _pauses():
-            outcome = self._attempt(plan, took)
+            outcome = self._attempt(plan, tries)
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
                 return outcome
@@ -1780,10 +1805,10 @@ class Marathon:
 
     async def _aacquire(self, wait):
         """_acquire() for async code: each attempt runs where Django allows database work."""
-        plan, took = self._plan(wait), []
+        plan, tries = self._plan(wait), _Tries()
         for pause in _pauses():
             outcome = await _in_thread_uncancelled(
-                self._attempt, plan, took, undo=functools.partial(self._release, None)
+                self._attempt, plan, tries, undo=functools.partial(self._release, None)
             )
             delay = plan.retry_in(outcome, pause, self.name)
             if delay is None:
@@ -1822,14 +1847,14 @@ class Marathon:
             deadline,
         )
 
-    def _attempt(self, plan, took):
+    def _attempt(self, plan, tries):
         """One attempt. If it takes the lock, the lock is held and beaten when it returns.
 
         Each attempt has a token of its own: a row that an earlier one left
         behind (answered too late, and its delete failed) is not this one's to
-        adopt, however it carries the acquisition's owner; it goes stale and is
-        taken over as any other. `took` keeps the holders that the
-        acquisition's attempts took over.
+        adopt, however it carries the acquisition's owner. This attempt deletes
+        it first (see _Tries); an acquisition that makes no further attempt
+        leaves it to go stale, as a crashed holder's.
         """
         plan = plan._replace(token=secrets.token_hex(16))
         sent = _clock()
@@ -1842,7 +1867,7 @@ class Marathon:
                 plan.token,
                 plan.stale_after,
                 plan.min_interval,
-                took,
+                tries,
             )
         except OperationalError as exc:
             if plan.vendor != "sqlite" or "locked" not in str(exc):
@@ -1855,16 +1880,18 @@ class Marathon:
             return outcome
         waited = _clock() - sent
         if waited >= plan.loss_after and not _in_testcase(connections[plan.alias]):
-            return self._answered_late(plan, outcome.fence, waited)
+            return self._answered_late(plan, outcome.fence, waited, tries)
         self._hold_taken(plan, outcome, sent)
         return outcome
 
-    def _answered_late(self, plan, fence, waited):
+    def _answered_late(self, plan, fence, waited, tries):
         """The row is ours, but its answer came after the hold's loss deadline (a database that
         stalled, a lost reply sent again): another host may take it over at any moment. It
         is deleted again, and the attempt failed."""
-        with contextlib.suppress(Error):  # else it goes stale, as a crashed holder's
+        try:
             _run(plan.alias, _delete_own, fence, plan.token)
+        except Error:
+            tries.left.append((fence, plan.token))
         return _Outcome(
             None,
             None,
@@ -2451,13 +2478,13 @@ def _acquire_unless_signalled(lock, wait, received):
     receiver): the attempt released the lock, and another would only repeat it.
     """
     deadline = float("inf") if wait is None else time.monotonic() + wait
-    answered, failing, took = False, None, []
+    answered, failing, tries = False, None, _Tries()
     for pause in _pauses():
         if received:
             return None
         hold = lock._hold
         try:
-            outcome = lock._attempt(lock._plan(0), took)
+            outcome = lock._attempt(lock._plan(0), tries)
             error, answered = outcome.failed, True  # a busy SQLite answered too
         except (OperationalError, InterfaceError) as exc:
             if not answered or lock._hold is not hold:  # see above

@@ -697,10 +697,43 @@ def test_a_row_a_late_attempt_could_not_delete_is_not_adopted_by_the_next(drops)
             b.release()
 
 
-def test_a_row_left_by_an_attempt_that_met_a_busy_sqlite_is_not_adopted(monkeypatch):
+def test_a_row_an_earlier_attempt_left_is_deleted_not_taken_over(drops, caplog):
+    """The row attempt 1 left (answered late, its DELETE failed) is the acquisition's own, not
+    an abandoned run: attempt 2 deletes it before it inserts. So lock_acquired says
+    took_over=False, no takeover is logged, and no 'abandoned' run is recorded."""
+    failed, seen = [], []
+
+    def fail_the_delete(sql):
+        if not failed and releases(sql):
+            failed.append(sql)
+            raise OperationalError("canceling statement due to lock timeout")
+
+    def receiver(sender, took_over, **kwargs):
+        seen.append(took_over)
+
+    lock = Marathon("late-left", min_interval=60, **FAST)
+    wrapper = stalling(acquires, fail_the_delete)
+    lock_acquired.connect(receiver, weak=False)
+    try:
+        with connection.execute_wrapper(wrapper):
+            assert lock.acquire(wait=DEADLINE)
+        assert wrapper.stalled and failed
+        assert seen == [False]
+        assert "Took over" not in caplog.text
+        assert Lock.objects.filter(name="late-left").count() == 1
+    finally:
+        lock_acquired.disconnect(receiver)
+        assert lock.release()
+    assert [run.outcome for run in LastRun.objects.filter(name="late-left")] == ["ok"]
+
+
+def test_a_row_left_by_an_attempt_that_met_a_busy_sqlite_is_not_adopted(
+    monkeypatch, caplog
+):
     """The same without an injected fault: with a min_interval the INSERT commits, then another
     connection holds SQLite's write lock past the busy timeout, so the last-run SELECT fails;
-    the next attempt within `wait` must not take the left row for its own."""
+    the next attempt within `wait` must not take the left row for its own, and deletes it
+    rather than take it over as an abandoned run."""
     import sqlite3
 
     if connection.vendor != "sqlite":
@@ -736,6 +769,7 @@ def test_a_row_left_by_an_attempt_that_met_a_busy_sqlite_is_not_adopted(monkeypa
             with connection.execute_wrapper(wrapper):
                 assert a.acquire(wait=DEADLINE)
             blockers[0].join(DEADLINE)
+            assert "Took over" not in caplog.text
             assert not (b.acquire() and a.held), "A and B hold the lock at once"
         finally:
             a.release()
