@@ -2669,11 +2669,18 @@ def _release_shown(queryset, locks):
     return [lock for lock in locks if queryset.filter(pk=lock.pk).delete()[0]]
 
 
-def _release_stale(cursor, locks, stale_after):
-    """Delete each of `locks` only if it is still stale. Returns those deleted."""
-    sql = _DELETE_STALE[cursor.db.vendor]
+def _release_stale(alias, locks, stale_after):
+    """Delete each of `locks` only if it is still stale. Returns those deleted.
+
+    Each DELETE is a _run of its own, sent once (see _sent_once): a deadlock
+    that InnoDB resolves by rolling one back repeats that one, not the rows
+    already deleted, which a repeat would find gone and not count.
+    """
+    sql = _DELETE_STALE[connections[alias].vendor]
     return [
-        lock for lock in locks if _rowcount(cursor, sql, [lock.pk, stale_after]) == 1
+        lock
+        for lock in locks
+        if _run(alias, _rowcount, sql, [lock.pk, stale_after], again=False) == 1
     ]
 
 
@@ -3220,7 +3227,7 @@ def _release(alias, names, stale):
         candidates = [
             lock for lock in _locks(alias) if _state(lock, stale_after) == "stale"
         ]
-        released = _run(alias, _release_stale, candidates, stale_after, again=False)
+        released = _release_stale(alias, candidates, stale_after)
     else:
         found = {
             lock.name: lock
