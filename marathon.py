@@ -2496,10 +2496,8 @@ def _acquire_unless_signalled(lock, wait, received):
                     "The database answers again; still waiting for %r.", lock.name
                 )
             failing = None
-        elif (
-            failing is None or str(error) != failing
-        ):  # once per kind of error, not per attempt
-            failing = str(error)
+        elif failing != _kind(error):  # once per kind of error, not per attempt
+            failing = _kind(error)
             logger.warning(
                 "Waiting for %r: an attempt failed (%s); retrying.", lock.name, error
             )
@@ -2518,6 +2516,11 @@ def _acquire_unless_signalled(lock, wait, received):
                 raise _explained(error, lock.name, connections[_alias(lock.using)])
             return outcome
         _sleep(min(pause, remaining))
+
+
+def _kind(error):
+    """An error's text without its figures (an answer too late says how late)."""
+    return re.sub(r"\d+(\.\d+)?", "#", str(error))
 
 
 def _run_child(lock, command, lost, received, stopped):

@@ -802,6 +802,29 @@ def test_a_row_left_by_an_attempt_that_met_a_busy_sqlite_is_not_adopted(
             connection.close()
 
 
+def test_a_standby_logs_answers_too_late_once_however_late(caplog):
+    """A standby (python -m marathon run --wait) logs each kind of failed attempt once; an
+    acquire answered too late says how late, which differs from attempt to attempt."""
+    stalls = iter([0.35, 0.45, 0.55])
+
+    def stall_every_acquire(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if acquires(sql):
+            threading.Event().wait(next(stalls, 0.75))
+        return result
+
+    lock = Marathon("late-standby", heartbeat=0.1, stale_after=0.3)
+    with connection.execute_wrapper(stall_every_acquire):
+        with pytest.raises(OperationalError, match="loss deadline"):
+            marathon._acquire_unless_signalled(lock, 1.5, [])
+    assert next(stalls, None) is None, "fewer than three attempts"
+    waiting = [
+        r.getMessage() for r in caplog.records if "an attempt failed" in r.getMessage()
+    ]
+    assert len(waiting) == 1, waiting
+    assert row("late-standby") is None
+
+
 def test_an_error_marathon_raises_is_never_its_own_cause(drops):
     """An error raised as it is (no advice to add) keeps its cause, the driver's error: one that
     is its own cause makes Django's error reporter (the DEBUG page, AdminEmailHandler) warn
