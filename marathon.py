@@ -749,12 +749,14 @@ class _Tries:
     """What the attempts of one acquisition share.
 
     `took`: the stale holders they took over; the last is the predecessor
-    that lock_acquired names. `left`: rows (fence, token) that an attempt
-    inserted but could neither keep nor delete (its answer came too late, or
-    a statement after the insert failed). They are no attempt's to adopt, but
-    they are this acquisition's own: the next attempt deletes them before it
-    inserts, rather than wait for them to go stale and take them over as an
-    abandoned run.
+    that lock_acquired names. `left`: the tokens of attempts that may have
+    inserted a row they neither kept nor deleted: one that failed after its
+    statements were sent (a reply lost, a statement after the insert that
+    failed), or one answered too late whose delete failed. Such a row is no
+    attempt's to adopt, but it is this acquisition's own: the next attempt
+    deletes it before it inserts, rather than wait for it to go stale and
+    take it over as an abandoned run. Tokens are each attempt's own, so no
+    other holder's row is ever deleted.
     """
 
     __slots__ = ("took", "left")
@@ -769,26 +771,35 @@ def _take(cursor, name, owner, token, stale_after, min_interval, tries):
     The check comes after the lock is ours and the record is written before a
     holder deletes its row, so two hosts one after the other never both run
     inside one period. `tries` (a _Tries) is shared by the sends of one
-    attempt and the attempts of one acquisition.
+    attempt and the attempts of one acquisition: this attempt's token stays
+    in tries.left until _attempt knows what became of its row.
     """
-    # A left row's id is never another holder's: a takeover inserts a new one.
     for left in tries.left:
-        _delete_own(cursor, *left)
-    del tries.left[:]
+        if (
+            left != token
+        ):  # this attempt's own, sent again, keeps its row (see _sent_once)
+            _delete_left(cursor, name, left)
+    tries.left[:] = [token]
     outcome = _take_or_take_over(
         cursor, name, owner, token, stale_after, min_interval, tries.took
     )
     if outcome.fence is None or min_interval is None:
         return outcome
-    tries.left.append((outcome.fence, token))  # until the check has settled it
     cursor.execute(_SELECT_LAST_RUN[cursor.db.vendor], [name])
     row = cursor.fetchone()
     if row is not None and row[0] == "ok" and row[3] < min_interval:
         _delete_own(cursor, outcome.fence, token)
-        del tries.left[:]
         return _Outcome(None, None, last_run=_LastRun(*row))
-    del tries.left[:]
     return outcome
+
+
+def _delete_left(cursor, name, token):
+    """Delete the row an earlier attempt of this acquisition may have left (see _Tries)."""
+    fence = _read_holder(
+        cursor, name, token
+    ).fence  # set only if the row carries `token`
+    if fence is not None:
+        _delete_own(cursor, fence, token)
 
 
 def _take_or_take_over(cursor, name, owner, token, stale_after, min_interval, took):
@@ -1870,12 +1881,14 @@ class Marathon:
                 tries,
             )
         except OperationalError as exc:
+            # tries.left keeps this attempt's token: it may have inserted.
             if plan.vendor != "sqlite" or "locked" not in str(exc):
                 error = _explained(exc, self.name, connections[plan.alias])
                 raise error from error.__cause__  # never its own cause
             # SQLite has one writer at a time and its busy timeout ran out:
             # retried until `wait` runs out, then raised, never taken for a holder.
             return _Outcome(None, None, exc)
+        del tries.left[:]  # this attempt's row, if any, is kept or deleted
         if outcome.fence is None:
             return outcome
         waited = _clock() - sent
@@ -1891,7 +1904,7 @@ class Marathon:
         try:
             _run(plan.alias, _delete_own, fence, plan.token)
         except Error:
-            tries.left.append((fence, plan.token))
+            tries.left.append(plan.token)
         return _Outcome(
             None,
             None,

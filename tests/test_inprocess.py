@@ -752,6 +752,106 @@ def test_a_row_an_earlier_attempt_left_is_deleted_not_taken_over(drops, caplog):
     assert [run.outcome for run in LastRun.objects.filter(name="late-left")] == ["ok"]
 
 
+def test_an_attempt_sent_again_keeps_its_own_row(drops):
+    """With a min_interval the last-run SELECT follows the insert; its connection dies, so the
+    attempt is sent again. The send again must find and keep the row the first committed: were
+    it to delete it and insert anew, a contender could take the name in between."""
+    name = "resend-keeps"
+    b = Marathon(name, min_interval=60, **FAST)
+    got = []
+
+    def b_acquires():
+        try:
+            got.append(b.acquire())
+        finally:
+            connections.close_all()
+
+    dropped = dropping(
+        lambda sql: "marathon_lastrun" in sql and sql.startswith("SELECT")
+    )
+
+    def wrapper(execute, sql, params, many, context):
+        result = dropped(execute, sql, params, many, context)
+        if dropped.dropped and not got and releases(sql):  # a gap: B tries now
+            other = threading.Thread(target=b_acquires)
+            other.start()
+            other.join(DEADLINE)
+        return result
+
+    a = Marathon(name, min_interval=60, **FAST)
+    connection.ensure_connection()
+    try:
+        with connection.execute_wrapper(wrapper):
+            assert a.acquire(), (
+                "A's own send again deleted its row, and B took the name"
+            )
+        assert dropped.dropped and not got
+    finally:
+        a.release()
+        b.release()
+
+
+def test_a_standby_deletes_the_row_of_an_insert_whose_reply_was_lost(drops, caplog):
+    """The insert commits, its reply is lost, and the send again on a new connection fails (a
+    server restarting): the attempt fails without knowing its row. A standby waits on, and
+    its next attempt deletes that row by its token, instead of waiting for it to go stale and
+    taking it over as an abandoned run of its own host."""
+    name = "standby-lost-insert"
+    Lock.objects.create(
+        name=name,
+        owner="web1:42",
+        heartbeat_at=timezone.now(),
+        token="dead" * 8,
+        stale_after=60,
+    )
+    seen, state = [], {"acquires": 0, "freed": False, "fail_next": False}
+
+    def receiver(sender, took_over, **kwargs):
+        seen.append(took_over)
+
+    def free_the_name():
+        try:
+            Lock.objects.filter(name=name, token="dead" * 8).delete()
+        finally:
+            connections.close_all()
+
+    def wrapper(execute, sql, params, many, context):
+        if state["fail_next"] and ours(sql):
+            state["fail_next"] = False
+            raise OperationalError("the database system is starting up")
+        result = execute(sql, params, many, context)
+        if acquires(sql):
+            state["acquires"] += 1
+            if (
+                state["acquires"] == 2
+            ):  # inserted; the reply is lost; the send again fails
+                state["fail_next"] = True
+                context["connection"].connection.close()
+                raise InterfaceError("connection already closed")
+        if not state["freed"] and (
+            "marathon_acquire" in sql or sql.startswith("SELECT id, owner")
+        ):  # attempt 1 found the holder, which leaves now
+            state["freed"] = True
+            other = threading.Thread(target=free_the_name)
+            other.start()
+            other.join(DEADLINE)
+        return result
+
+    connection.ensure_connection()
+    lock = Marathon(name, **FAST)
+    lock_acquired.connect(receiver, weak=False)
+    try:
+        with connection.execute_wrapper(wrapper):
+            assert marathon._acquire_unless_signalled(lock, DEADLINE, []).fence
+        assert state["acquires"] >= 3
+        assert seen == [False]
+        assert "Took over" not in caplog.text
+        assert Lock.objects.filter(name=name).count() == 1
+    finally:
+        lock_acquired.disconnect(receiver)
+        assert lock.release()
+
+
 def test_a_row_left_by_an_attempt_that_met_a_busy_sqlite_is_not_adopted(
     monkeypatch, caplog
 ):
