@@ -1036,9 +1036,11 @@ def _callers_transaction(alias):
     return None
 
 
-def _at_transaction_end(connection, pending):
+def _at_transaction_end(connection, pending, session):
     """Run the release in `pending` once, when the caller's outermost transaction on
     `connection` ends, by commit or by rollback. Whoever pops it from the list runs it.
+    `session`: the driver's connection the transaction runs in; a transaction whose
+    session was closed before it ended was rolled back by the server.
 
     on_commit() covers a commit. A rollback makes Django discard its on_commit
     callbacks, and with them the only reference to ours, whose finalizer then
@@ -1057,14 +1059,19 @@ def _at_transaction_end(connection, pending):
         if not pending or _collecting:
             return
         if connection.in_atomic_block and not connection.closed_in_transaction:
-            _at_transaction_end(connection, pending)
+            _at_transaction_end(connection, pending, session)
         else:
             # Inside Django's rollback(), autocommit still off: no user code may use
             # the connection here. Or after a commit, autocommit back on, when an
             # earlier on_commit callback raised and Django dropped the rest: the
-            # transaction committed, so the run did not roll back.
+            # transaction committed, so the run did not roll back. Or as Django
+            # opens the connection again after it was closed in the transaction,
+            # which the server rolled back.
             _run_pending(
-                pending, during_rollback=True, rolled_back=not connection.autocommit
+                pending,
+                during_rollback=True,
+                rolled_back=not connection.autocommit
+                or _closed_since(connection, session),
             )
 
     if not connection.commit_on_exit:  # atomic() under manual transaction management
@@ -1119,6 +1126,12 @@ def _run_pending(pending, **kwargs):
     except IndexError:
         return
     release(**kwargs)
+
+
+def _closed_since(connection, session):
+    """Has `connection` been closed (and perhaps opened again) since `session` was its driver
+    connection? A transaction cannot commit on a closed session: the server rolled it back."""
+    return connection.connection is not session
 
 
 def _transaction_ended(connection):
@@ -1195,7 +1208,8 @@ class _Hold:
         self.state = _HELD
         self.reason = None  # why it was lost
         self.row_gone = False  # lost because the database said its row was gone
-        self.deferred = None  # (connection, pending release) while its release waits for a transaction
+        # (connection, pending release, session) while its release waits for a transaction
+        self.deferred = None
 
     @property
     def deadline(self):
@@ -1529,7 +1543,14 @@ class _Heartbeat(threading.Thread):
                 hold.due = min(now + hold.interval / 4, hold.deadline)  # retry soon
         for hold in holds:  # a release waiting for a transaction that ended unseen
             if hold.state == _DEFERRED and _transaction_ended(hold.deferred[0]):
-                self.registry.report(functools.partial(_run_pending, hold.deferred[1]))
+                connection, pending, session = hold.deferred
+                self.registry.report(
+                    functools.partial(
+                        _run_pending,
+                        pending,
+                        rolled_back=_closed_since(connection, session),
+                    )
+                )
         if error is not None:
             self.registry.report(
                 functools.partial(
@@ -1964,6 +1985,7 @@ class Marathon:
             hold.deferred = (
                 transaction_,
                 [functools.partial(self._release_logged, hold, outcome)],
+                transaction_.connection,  # the session the transaction runs in
             )
             if not _registry_here().unregister(hold, _DEFERRED):
                 self._record_loss(hold)

@@ -22,6 +22,7 @@ from marathon import (
     Marathon,
     RanRecently,
     lock_acquired,
+    lock_released,
 )
 from tests.processes import (
     child_env,
@@ -137,6 +138,33 @@ def test_a_run_whose_transaction_rolled_back_does_not_count(manual):
     assert Lock.objects.filter(name="undone").first() is None
     assert last_run("undone").outcome == "error"
     assert run_once("undone")["ran"]
+
+
+@pytest.mark.parametrize("noticed_by", ["reconnect", "heartbeat"])
+def test_a_run_whose_connection_closed_in_its_transaction_does_not_count(noticed_by):
+    """The connection was closed inside the caller's transaction (Django's close(), a
+    server that went away): the server rolled the transaction back, so the run's work is
+    undone. The release that waited for it runs when Django reconnects, or when the
+    heartbeat notices first; either way the run is recorded as an error."""
+    from django.db import transaction
+
+    released = []
+    receiver = lambda sender, name, **kwargs: released.append(name)  # noqa: E731
+    lock_released.connect(receiver, weak=False)
+    lock = Marathon("closed-undone", heartbeat=0.2, stale_after=2, min_interval=3600)
+    try:
+        with transaction.atomic():
+            with lock:
+                pass
+            connection.close()  # inside the block: the server rolls back
+        if noticed_by == "heartbeat":  # before this thread's connection is opened again
+            wait_for(lambda: released, 10, "the heartbeat's release")
+        assert Lock.objects.filter(name="closed-undone").first() is None
+        wait_for(lambda: released, 10, "the release")
+    finally:
+        lock_released.disconnect(receiver)
+    assert last_run("closed-undone").outcome == "error"
+    assert run_once("closed-undone")["ran"]
 
 
 def test_a_committed_run_counts_when_an_earlier_on_commit_callback_raises():
