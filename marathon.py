@@ -1036,17 +1036,15 @@ def _callers_transaction(alias):
     return None
 
 
-def _at_transaction_end(connection, pending, session):
+def _at_transaction_end(connection, pending):
     """Run the release in `pending` once, when the caller's outermost transaction on
     `connection` ends, by commit or by rollback. Whoever pops it from the list runs it.
-    `session`: the driver's connection the transaction runs in; a transaction whose
-    session was closed before it ended was rolled back by the server.
 
     on_commit() covers a commit. A rollback makes Django discard its on_commit
     callbacks, and with them the only reference to ours, whose finalizer then
     releases. A rollback to a savepoint discards them too while the
-    transaction goes on: then it waits again for the outermost end. Where
-    neither fires (the connection was closed inside the transaction, or the
+    transaction goes on: then it waits again for the outermost end. A close
+    inside the transaction ends it too (see _at_close). Where none fires (the
     callback was discarded by the cyclic garbage collector, where no database
     work and no lock may be taken) the heartbeat notices that the
     transaction has ended (see _transaction_ended) and has the reporter run it.
@@ -1059,19 +1057,14 @@ def _at_transaction_end(connection, pending, session):
         if not pending or _collecting:
             return
         if connection.in_atomic_block and not connection.closed_in_transaction:
-            _at_transaction_end(connection, pending, session)
+            _at_transaction_end(connection, pending)
         else:
             # Inside Django's rollback(), autocommit still off: no user code may use
             # the connection here. Or after a commit, autocommit back on, when an
             # earlier on_commit callback raised and Django dropped the rest: the
-            # transaction committed, so the run did not roll back. Or as Django
-            # opens the connection again after it was closed in the transaction,
-            # which the server rolled back.
+            # transaction committed, so the run did not roll back.
             _run_pending(
-                pending,
-                during_rollback=True,
-                rolled_back=not connection.autocommit
-                or _closed_since(connection, session),
+                pending, during_rollback=True, rolled_back=not connection.autocommit
             )
 
     if not connection.commit_on_exit:  # atomic() under manual transaction management
@@ -1079,6 +1072,38 @@ def _at_transaction_end(connection, pending, session):
         return
     weakref.finalize(at_commit, discarded).atexit = False
     connection.on_commit(at_commit)
+    _at_close(connection, pending)
+
+
+def _at_close(connection, pending):
+    """Run the release in `pending` as after a rollback if `connection` is closed inside the
+    transaction it waits for: the server rolls the transaction back, and Django runs no
+    on_commit callback, and discards none until it connects again (too late to tell what
+    ended the transaction). A close after the transaction ended leaves the release to
+    what ended it."""
+    waiting = vars(connection).get("_marathon_closing")
+    if waiting is None:
+        waiting = connection._marathon_closing = []
+        close = connection.close
+
+        @functools.wraps(close)
+        def close_then_release():
+            ending = (
+                connection.in_atomic_block
+                and not connection.closed_in_transaction
+                and connection.connection is not None
+            )
+            try:
+                close()  # discards our on_commit callbacks: they wait again (see above)
+            finally:
+                chosen = waiting[:] if ending else []
+                del waiting[:]
+                for pending in chosen:
+                    _run_pending(pending, during_rollback=True, rolled_back=True)
+
+        connection.close = close_then_release
+    waiting[:] = [other for other in waiting if other]  # forget those that have run
+    waiting.append(pending)
 
 
 def _at_manual_end(connection, pending):
@@ -1086,14 +1111,15 @@ def _at_manual_end(connection, pending):
     AUTOCOMMIT False in DATABASES), where the outermost atomic() is a savepoint and the
     transaction ends at the caller's commit() or rollback(). Django runs on_commit callbacks
     only once autocommit is turned back on, which may be never: so this connection's commit()
-    and rollback() are watched, and the release runs once either has returned. (A connection
-    closed, or autocommit turned back on without either, is noticed by the heartbeat.)"""
+    and rollback() are watched, and the release runs once either has returned; and close(),
+    which ends the transaction by rollback. (Autocommit turned back on without any of them
+    is noticed by the heartbeat.)"""
     waiting = vars(connection).get("_marathon_waiting")
     if waiting is None:
         waiting = connection._marathon_waiting = []
-        for name in ("commit", "rollback"):
+        for name in ("commit", "rollback", "close"):
             end = getattr(connection, name)
-            setattr(connection, name, _then_release(end, waiting, name == "rollback"))
+            setattr(connection, name, _then_release(end, waiting, name != "commit"))
     waiting.append(pending)
 
 
@@ -1126,12 +1152,6 @@ def _run_pending(pending, **kwargs):
     except IndexError:
         return
     release(**kwargs)
-
-
-def _closed_since(connection, session):
-    """Has `connection` been closed (and perhaps opened again) since `session` was its driver
-    connection? A transaction cannot commit on a closed session: the server rolled it back."""
-    return connection.connection is not session
 
 
 def _transaction_ended(connection):
@@ -1208,8 +1228,7 @@ class _Hold:
         self.state = _HELD
         self.reason = None  # why it was lost
         self.row_gone = False  # lost because the database said its row was gone
-        # (connection, pending release, session) while its release waits for a transaction
-        self.deferred = None
+        self.deferred = None  # (connection, pending release) while its release waits for a transaction
 
     @property
     def deadline(self):
@@ -1543,14 +1562,7 @@ class _Heartbeat(threading.Thread):
                 hold.due = min(now + hold.interval / 4, hold.deadline)  # retry soon
         for hold in holds:  # a release waiting for a transaction that ended unseen
             if hold.state == _DEFERRED and _transaction_ended(hold.deferred[0]):
-                connection, pending, session = hold.deferred
-                self.registry.report(
-                    functools.partial(
-                        _run_pending,
-                        pending,
-                        rolled_back=_closed_since(connection, session),
-                    )
-                )
+                self.registry.report(functools.partial(_run_pending, hold.deferred[1]))
         if error is not None:
             self.registry.report(
                 functools.partial(
@@ -1985,7 +1997,6 @@ class Marathon:
             hold.deferred = (
                 transaction_,
                 [functools.partial(self._release_logged, hold, outcome)],
-                transaction_.connection,  # the session the transaction runs in
             )
             if not _registry_here().unregister(hold, _DEFERRED):
                 self._record_loss(hold)

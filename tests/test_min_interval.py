@@ -140,31 +140,64 @@ def test_a_run_whose_transaction_rolled_back_does_not_count(manual):
     assert run_once("undone")["ran"]
 
 
-@pytest.mark.parametrize("noticed_by", ["reconnect", "heartbeat"])
-def test_a_run_whose_connection_closed_in_its_transaction_does_not_count(noticed_by):
-    """The connection was closed inside the caller's transaction (Django's close(), a
-    server that went away): the server rolled the transaction back, so the run's work is
-    undone. The release that waited for it runs when Django reconnects, or when the
-    heartbeat notices first; either way the run is recorded as an error."""
+@pytest.mark.parametrize("manual", [False, True], ids=["atomic", "manual-transactions"])
+def test_a_run_whose_connection_closed_in_its_transaction_does_not_count(manual):
+    """The connection was closed before the caller's transaction ended (Django's close()): the
+    server rolled the transaction back, so the run's work is undone, and the release that
+    waited for it runs as the close returns, recorded as an error. (Django would run no
+    on_commit callback, and discard them only once it connects again.)"""
     from django.db import transaction
 
     released = []
     receiver = lambda sender, name, **kwargs: released.append(name)  # noqa: E731
     lock_released.connect(receiver, weak=False)
     lock = Marathon("closed-undone", heartbeat=0.2, stale_after=2, min_interval=3600)
+    transaction.set_autocommit(not manual)
     try:
         with transaction.atomic():
             with lock:
                 pass
-            connection.close()  # inside the block: the server rolls back
-        if noticed_by == "heartbeat":  # before this thread's connection is opened again
-            wait_for(lambda: released, 10, "the heartbeat's release")
-        assert Lock.objects.filter(name="closed-undone").first() is None
+            if not manual:
+                connection.close()  # inside the block: the server rolls back
+        if manual:  # the transaction goes on after the block, until it is closed
+            connection.close()
         wait_for(lambda: released, 10, "the release")
     finally:
         lock_released.disconnect(receiver)
+        transaction.set_autocommit(True)
+    assert Lock.objects.filter(name="closed-undone").first() is None
     assert last_run("closed-undone").outcome == "error"
     assert run_once("closed-undone")["ran"]
+
+
+@pytest.mark.parametrize("noticed_by", ["finalizer", "heartbeat"])
+def test_a_committed_run_counts_when_its_connection_is_closed_after(noticed_by):
+    """The transaction committed but an earlier on_commit callback raised, so Django dropped
+    ours; the connection is closed only then. The run committed: it counts, whichever of the
+    finalizer and the heartbeat sends its release."""
+    from django.db import transaction
+
+    class Failed(Exception):
+        pass
+
+    def fails():
+        raise Failed
+
+    name = "closed-after-" + noticed_by
+    kept = []
+    try:  # not pytest.raises: its traceback would keep Django's list of callbacks alive
+        with transaction.atomic():
+            transaction.on_commit(fails)
+            with Marathon(name, heartbeat=0.2, stale_after=2, min_interval=3600):
+                pass
+    except Failed as exc:
+        connection.close()  # after the commit
+        if noticed_by == "heartbeat":
+            kept.append(exc)  # held by a handler: the callback is not discarded yet
+    wait_for(lambda: Lock.objects.filter(name=name).first() is None, 10, "the release")
+    del kept[:]
+    assert last_run(name).outcome == "ok"
+    assert not run_once(name)["ran"]
 
 
 def test_a_committed_run_counts_when_an_earlier_on_commit_callback_raises():
