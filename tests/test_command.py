@@ -52,7 +52,7 @@ def test_0_1_style_lock_name_and_run_task():
 
 
 def test_heartbeat_runs_while_the_command_runs():
-    with override_settings(MARATHON_HEARTBEAT=0.1, MARATHON_STALE_AFTER=0.5):
+    with override_settings(MARATHON_HEARTBEAT=0.1, MARATHON_STALE_AFTER=5):
         _, out, _ = call("marathon_readme", "--until-heartbeat")
     assert "heartbeat moved" in out
 
@@ -85,7 +85,7 @@ def test_held_lock_with_exit_code_raises_command_error_in_process():
 
 
 def test_lock_wait_waits_for_the_holder(holder):
-    held = holder("waiting-task", heartbeat=0.1, stale_after=0.5)
+    held = holder("waiting-task", heartbeat=0.1, stale_after=5)
     releaser = threading.Timer(
         0.3, held["release"]
     )  # the command must be waiting by then, or not: it passes

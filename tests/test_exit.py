@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(
     from django.db import connection
     from marathon import Lock, Marathon
 
-    lock = Marathon("exit-soon", heartbeat=0.1, stale_after=1.0)
+    lock = Marathon("exit-soon", heartbeat=0.1, stale_after=5)
     assert lock.acquire()
     deadline = time.monotonic() + 10
     row = Lock.objects.get(name="exit-soon")

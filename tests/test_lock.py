@@ -237,7 +237,7 @@ def test_heartbeat_refreshes_heartbeat_at_with_the_database_clock():
 
 def test_setting_read_when_used_changes_the_heartbeat_of_a_new_acquire():
     lock = Marathon("configured")
-    with override_settings(MARATHON_HEARTBEAT=0.1, MARATHON_STALE_AFTER=0.5):
+    with override_settings(MARATHON_HEARTBEAT=0.1, MARATHON_STALE_AFTER=5):
         with lock:
             first = row("configured").heartbeat_at
             wait_for(
