@@ -1072,15 +1072,20 @@ def _at_transaction_end(connection, pending):
         return
     weakref.finalize(at_commit, discarded).atexit = False
     connection.on_commit(at_commit)
-    _at_close(connection, pending)
+    _at_close(connection, pending, at_commit)
 
 
-def _at_close(connection, pending):
+def _at_close(connection, pending, at_commit):
     """Run the release in `pending` as after a rollback if `connection` is closed inside the
     transaction it waits for: the server rolls the transaction back, and Django runs no
     on_commit callback, and discards none until it connects again (too late to tell what
-    ended the transaction). A close after the transaction ended leaves the release to
-    what ended it."""
+    ended the transaction). A close in another transaction, or outside one, leaves the
+    release to what ended its own.
+
+    A release waits in the transaction whose on_commit list holds its callback
+    `at_commit` (Django starts a new list whenever a transaction ends). It is
+    referred to weakly, so that its finalizer still fires when Django drops it.
+    """
     waiting = vars(connection).get("_marathon_closing")
     if waiting is None:
         waiting = connection._marathon_closing = []
@@ -1088,22 +1093,23 @@ def _at_close(connection, pending):
 
         @functools.wraps(close)
         def close_then_release():
-            ending = (
-                connection.in_atomic_block
-                and not connection.closed_in_transaction
-                and connection.connection is not None
-            )
+            inside = connection.in_atomic_block and not connection.closed_in_transaction
+            callbacks = [item[1] for item in connection.run_on_commit] if inside else []
             try:
                 close()  # discards our on_commit callbacks: they wait again (see above)
             finally:
-                chosen = waiting[:] if ending else []
-                del waiting[:]
-                for pending in chosen:
-                    _run_pending(pending, during_rollback=True, rolled_back=True)
+                if inside and connection.closed_in_transaction:
+                    for pending, callback in waiting[:]:
+                        if any(callback() is other for other in callbacks):
+                            _run_pending(
+                                pending, during_rollback=True, rolled_back=True
+                            )
+                del callbacks[:]
+                waiting[:] = [entry for entry in waiting if entry[0]]
 
         connection.close = close_then_release
-    waiting[:] = [other for other in waiting if other]  # forget those that have run
-    waiting.append(pending)
+    waiting[:] = [entry for entry in waiting if entry[0]]  # forget those that have run
+    waiting.append((pending, weakref.ref(at_commit)))
 
 
 def _at_manual_end(connection, pending):
@@ -1111,16 +1117,37 @@ def _at_manual_end(connection, pending):
     AUTOCOMMIT False in DATABASES), where the outermost atomic() is a savepoint and the
     transaction ends at the caller's commit() or rollback(). Django runs on_commit callbacks
     only once autocommit is turned back on, which may be never: so this connection's commit()
-    and rollback() are watched, and the release runs once either has returned; and close(),
-    which ends the transaction by rollback. (Autocommit turned back on without any of them
-    is noticed by the heartbeat.)"""
+    and rollback() are watched, and the release runs once either has returned; and close()
+    while autocommit is off, which ends the transaction by rollback. (Autocommit turned back
+    on without any of them commits on SQLite and MySQL: the heartbeat notices.)"""
     waiting = vars(connection).get("_marathon_waiting")
     if waiting is None:
         waiting = connection._marathon_waiting = []
-        for name in ("commit", "rollback", "close"):
+        for name in ("commit", "rollback"):
             end = getattr(connection, name)
-            setattr(connection, name, _then_release(end, waiting, name != "commit"))
+            setattr(connection, name, _then_release(end, waiting, name == "rollback"))
+        connection.close = _closed_then_release(connection, waiting)
     waiting.append(pending)
+
+
+def _closed_then_release(connection, waiting):
+    """Under manual transaction management, connection.close(), then, if it closed the
+    connection while a transaction was open, the releases that waited for its end."""
+    close = connection.close
+
+    @functools.wraps(close)
+    def close_then_release():
+        open_ = connection.connection is not None and not connection.autocommit
+        try:
+            close()
+        finally:
+            if open_ and (
+                connection.connection is None or connection.closed_in_transaction
+            ):
+                while waiting:
+                    _run_pending(waiting.pop(0), during_rollback=True, rolled_back=True)
+
+    return close_then_release
 
 
 def _then_release(end, waiting, rolled_back):

@@ -200,6 +200,57 @@ def test_a_committed_run_counts_when_its_connection_is_closed_after(noticed_by):
     assert not run_once(name)["ran"]
 
 
+def test_a_close_after_autocommit_is_back_on_keeps_a_committed_run():
+    """Manual transactions: turning autocommit back on commits (SQLite, MySQL; PostgreSQL
+    refuses inside a transaction), and a close that follows (close_old_connections()) must
+    not count the committed run as rolled back."""
+    from django.db import transaction
+
+    if connection.vendor == "postgresql":
+        pytest.skip("psycopg refuses to turn autocommit on inside a transaction")
+    name = "autocommit-on"
+    lock = Marathon(name, heartbeat=5, stale_after=30, min_interval=3600)
+    transaction.set_autocommit(False)
+    try:
+        with transaction.atomic():
+            with lock:
+                Lock.objects.create(name=name + "-witness")
+    finally:
+        transaction.set_autocommit(True)  # commits
+    connection.close()
+    assert Lock.objects.filter(name=name + "-witness").exists()  # the work committed
+    wait_for(lambda: not Lock.objects.filter(name=name).exists(), 15, "the release")
+    assert last_run(name).outcome == "ok"
+
+
+def test_a_close_in_a_later_transaction_keeps_an_earlier_committed_run():
+    """A release can outlive its transaction (an earlier on_commit callback raised, and the
+    exception is kept): a close inside a later, unrelated transaction does not end it."""
+    from django.db import transaction
+
+    class Failed(Exception):
+        pass
+
+    def fails():
+        raise Failed
+
+    name = "later-close"
+    kept = []
+    try:
+        with transaction.atomic():
+            transaction.on_commit(fails)
+            with Marathon(name, heartbeat=5, stale_after=30, min_interval=3600):
+                Lock.objects.create(name=name + "-witness")
+    except Failed as exc:
+        kept.append(exc)
+    with transaction.atomic():  # an unrelated, later transaction
+        connection.close()
+    assert Lock.objects.filter(name=name + "-witness").exists()  # the first committed
+    wait_for(lambda: not Lock.objects.filter(name=name).exists(), 15, "the release")
+    del kept[:]
+    assert last_run(name).outcome == "ok"
+
+
 def test_a_committed_run_counts_when_an_earlier_on_commit_callback_raises():
     """Django stops at a callback that raises and drops the rest, ours among them: the
     transaction committed all the same, so the run counts."""
