@@ -1117,9 +1117,9 @@ def _at_manual_end(connection, pending):
     AUTOCOMMIT False in DATABASES), where the outermost atomic() is a savepoint and the
     transaction ends at the caller's commit() or rollback(). Django runs on_commit callbacks
     only once autocommit is turned back on, which may be never: so this connection's commit()
-    and rollback() are watched, and the release runs once either has returned; and close()
-    while autocommit is off, which ends the transaction by rollback. (Autocommit turned back
-    on without any of them commits on SQLite and MySQL: the heartbeat notices.)"""
+    and rollback() are watched, and the release runs once either has returned; close() while
+    autocommit is off, which ends the transaction by rollback; and set_autocommit(True), which
+    commits it on SQLite and MySQL (psycopg refuses it inside a transaction)."""
     waiting = vars(connection).get("_marathon_waiting")
     if waiting is None:
         waiting = connection._marathon_waiting = []
@@ -1127,7 +1127,23 @@ def _at_manual_end(connection, pending):
             end = getattr(connection, name)
             setattr(connection, name, _then_release(end, waiting, name == "rollback"))
         connection.close = _closed_then_release(connection, waiting)
+        connection.set_autocommit = _autocommit_then_release(connection, waiting)
     waiting.append(pending)
+
+
+def _autocommit_then_release(connection, waiting):
+    """Under manual transaction management, connection.set_autocommit(), then, if it turned
+    autocommit on, the releases that waited for the transaction it committed."""
+    set_autocommit = connection.set_autocommit
+
+    @functools.wraps(set_autocommit)
+    def set_autocommit_then_release(autocommit, *args, **kwargs):
+        set_autocommit(autocommit, *args, **kwargs)
+        if autocommit:
+            while waiting:
+                _run_pending(waiting.pop(0))
+
+    return set_autocommit_then_release
 
 
 def _closed_then_release(connection, waiting):
@@ -2020,6 +2036,10 @@ class Marathon:
         if hold is None or not hold.mine():
             return False  # never acquired, or acquired by the parent of this forked process
         transaction_ = _callers_transaction(hold.alias) if hold.beaten else None
+        if transaction_ is not None and transaction_.closed_in_transaction:
+            # Its connection was closed inside the transaction, which the server
+            # rolled back: there is no end left to wait for.
+            return self._release_now(hold, "error" if outcome == "ok" else outcome)
         if transaction_ is not None:
             hold.deferred = (
                 transaction_,

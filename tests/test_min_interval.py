@@ -251,6 +251,58 @@ def test_a_close_in_a_later_transaction_keeps_an_earlier_committed_run():
     assert last_run(name).outcome == "ok"
 
 
+@pytest.mark.parametrize("ender", ["close", "rollback"])
+def test_autocommit_turned_on_and_off_again_keeps_a_committed_run(ender):
+    """Manual transactions: set_autocommit(True) commits the run's transaction (SQLite,
+    MySQL), and a later transaction that ends by close or rollback is not the run's."""
+    from django.db import transaction
+
+    if connection.vendor == "postgresql":
+        pytest.skip("psycopg refuses to turn autocommit on inside a transaction")
+    name = "toggled-" + ender
+    lock = Marathon(name, heartbeat=5, stale_after=30, min_interval=3600)
+    transaction.set_autocommit(False)
+    try:
+        with transaction.atomic():
+            with lock:
+                Lock.objects.create(name=name + "-witness")
+    finally:
+        transaction.set_autocommit(True)  # commits the run's work
+    transaction.set_autocommit(False)  # a later, unrelated transaction
+    try:
+        Lock.objects.filter(name="unrelated").exists()
+        if ender == "close":
+            connection.close()
+        else:
+            transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert Lock.objects.filter(name=name + "-witness").exists()
+    wait_for(lambda: not Lock.objects.filter(name=name).exists(), 15, "the release")
+    assert last_run(name).outcome == "ok"
+
+
+def test_a_close_before_the_release_in_its_transaction_does_not_count():
+    """The connection is closed inside the block, before the lock is released: the server
+    rolled the transaction back, so the release has no end to wait for. It is sent at once,
+    and the run does not count. (Under manual transactions Django's connection stays in
+    its atomic block after such a close, unusable until the process ends; marathon releases
+    at once there too.)"""
+    from django.db import close_old_connections, transaction
+
+    name = "closed-before"
+    lock = Marathon(name, heartbeat=0.2, stale_after=2, min_interval=3600)
+    with transaction.atomic():
+        with lock:
+            Lock.objects.create(name=name + "-witness")
+            close_old_connections()  # closes inside atomic(): autocommit is off
+        assert lock._hold.state == "released"  # at once, not at some later end
+    assert not Lock.objects.filter(name=name + "-witness").exists()  # undone
+    assert not Lock.objects.filter(name=name).exists()
+    assert last_run(name).outcome == "error"
+    assert run_once(name)["ran"]
+
+
 def test_a_committed_run_counts_when_an_earlier_on_commit_callback_raises():
     """Django stops at a callback that raises and drops the rest, ours among them: the
     transaction committed all the same, so the run counts."""

@@ -220,7 +220,13 @@ def test_wait_n_waits_that_long(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_go_to_the_child_and_its_status_comes_back(tmp_path, signum):
     log = str(tmp_path / "children.jsonl")
-    process = supervise("signalled", log, "wait-term", options=TIMING)
+    # A long stale_after: this is about signals, not about a loss on a loaded machine.
+    process = supervise(
+        "signalled",
+        log,
+        "wait-term",
+        options=["--heartbeat", "0.2", "--stale-after", "5"],
+    )
     wait_for(lambda: events(log), 30, "the child", process=process)
     process.send_signal(signum)
     status, _, err = finish(process, timeout=60)
