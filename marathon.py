@@ -1138,10 +1138,14 @@ def _autocommit_then_release(connection, waiting):
 
     @functools.wraps(set_autocommit)
     def set_autocommit_then_release(autocommit, *args, **kwargs):
-        set_autocommit(autocommit, *args, **kwargs)
-        if autocommit:
-            while waiting:
-                _run_pending(waiting.pop(0))
+        try:
+            set_autocommit(autocommit, *args, **kwargs)
+        finally:
+            # Autocommit is on, so the transaction committed, even if an
+            # on_commit hook that Django ran after it raised.
+            if autocommit and connection.autocommit:
+                while waiting:
+                    _run_pending(waiting.pop(0))
 
     return set_autocommit_then_release
 

@@ -303,6 +303,40 @@ def test_a_close_before_the_release_in_its_transaction_does_not_count():
     assert run_once(name)["ran"]
 
 
+def test_a_hook_that_raises_in_set_autocommit_keeps_a_committed_run():
+    """Manual transactions: set_autocommit(True) commits, then runs the on_commit hooks Django
+    kept, and one raises. The run committed all the same: a later transaction's rollback must
+    not count it as rolled back."""
+    from django.db import transaction
+
+    if connection.vendor == "postgresql":
+        pytest.skip("psycopg refuses to turn autocommit on inside a transaction")
+    name = "hook-in-autocommit"
+    lock = Marathon(name, heartbeat=5, stale_after=30, min_interval=3600)
+
+    def bad():
+        raise RuntimeError("hook")
+
+    transaction.set_autocommit(False)
+    try:
+        with transaction.atomic():
+            transaction.on_commit(bad)
+        transaction.commit()  # Django keeps the hook until autocommit is turned on
+        with transaction.atomic():
+            with lock:
+                Lock.objects.create(name=name + "-witness")
+        with pytest.raises(RuntimeError):
+            transaction.set_autocommit(True)  # commits, then the hook raises
+        transaction.set_autocommit(False)  # a later, unrelated transaction
+        Lock.objects.filter(name="unrelated").exists()
+        transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert Lock.objects.filter(name=name + "-witness").exists()  # the run committed
+    wait_for(lambda: not Lock.objects.filter(name=name).exists(), 15, "the release")
+    assert last_run(name).outcome == "ok"
+
+
 def test_a_committed_run_counts_when_an_earlier_on_commit_callback_raises():
     """Django stops at a callback that raises and drops the rest, ours among them: the
     transaction committed all the same, so the run counts."""
