@@ -130,6 +130,7 @@ def _table(results):
         add("Cycles/s, %s:" % regime, ["" for r in results])
         for key, title in (
             ("raw", "  raw driver: INSERT + DELETE"),
+            ("unprepared", "  raw driver, client-side binding (Django's default)"),
             ("django", "  Django cursor: INSERT + DELETE"),
             ("marathon", "  Marathon: with Marathon(name)"),
             ("prepared", "  Marathon, server-side binding, prepared"),
@@ -428,12 +429,27 @@ def _cycles(db):
         Lock.objects.get_or_create(name="seed")
         Lock.objects.filter(name="seed").delete()
 
-    subjects = {
-        "raw": raw_cycle,
-        "django": django_cycle,
-        "marathon": marathon_cycle,
-        "seed": seed_cycle,
-    }
+    subjects = {"raw": raw_cycle}
+    if os.environ["MARATHON_BENCH_DRIVER"] == "psycopg":
+        # psycopg 3 binds parameters on the server and prepares a statement once
+        # it has run five times; Django binds on the client and prepares
+        # nothing (safe behind PgBouncer), as marathon does through it.
+        import psycopg
+
+        client_cursor = psycopg.ClientCursor(raw)
+
+        def unprepared_cycle():
+            client_cursor.execute(raw_insert, ("unprepared", owner, token))
+            client_cursor.execute(raw_delete, ("unprepared", token))
+
+        subjects["unprepared"] = unprepared_cycle
+    subjects.update(
+        {
+            "django": django_cycle,
+            "marathon": marathon_cycle,
+            "seed": seed_cycle,
+        }
+    )
     if "prepared" in connections:  # psycopg 3 (bench/settings.py)
         prepared = connections["prepared"]
         with prepared.cursor() as cursor:  # kept open, as Django's connection is
