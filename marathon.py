@@ -775,9 +775,8 @@ def _take(cursor, name, owner, token, stale_after, min_interval, tries):
     in tries.left until _attempt knows what became of its row.
     """
     for left in tries.left:
-        if (
-            left != token
-        ):  # this attempt's own, sent again, keeps its row (see _sent_once)
+        # This attempt's own token, sent again, keeps its row (see _sent_once).
+        if left != token:
             _delete_left(cursor, name, left)
     tries.left[:] = [token]
     outcome = _take_or_take_over(
@@ -795,9 +794,8 @@ def _take(cursor, name, owner, token, stale_after, min_interval, tries):
 
 def _delete_left(cursor, name, token):
     """Delete the row an earlier attempt of this acquisition may have left (see _Tries)."""
-    fence = _read_holder(
-        cursor, name, token
-    ).fence  # set only if the row carries `token`
+    # The holder's fence is set only if its row carries `token`.
+    fence = _read_holder(cursor, name, token).fence
     if fence is not None:
         _delete_own(cursor, fence, token)
 
