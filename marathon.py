@@ -1029,9 +1029,21 @@ def _callers_transaction(alias):
     for connection in [connections[alias]] + [
         connections[other] for other in connections if other != alias
     ]:
-        if connection.in_atomic_block:
+        if connection.in_atomic_block and not _left_in_atomic(connection):
             return None if _in_testcase(connection) else connection
     return None
+
+
+def _left_in_atomic(connection):
+    """Django's state once the outermost atomic() under manual transactions exits after its
+    connection closed inside it: in_atomic_block stays set until the connection opens again,
+    though no block is open (no savepoint left, and no commit on exit: the block was not the
+    transaction). The caller's code runs outside atomic() there."""
+    return (
+        connection.closed_in_transaction
+        and not connection.savepoint_ids
+        and not connection.commit_on_exit
+    )
 
 
 def _at_transaction_end(connection, pending):

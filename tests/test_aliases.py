@@ -110,6 +110,29 @@ def test_a_lock_on_an_unsupported_database_raises_before_any_query(env):
     assert (code, out) == (0, UNSUPPORTED + "\n"), err
 
 
+def test_a_closed_manual_atomic_is_no_transaction_of_a_lock_elsewhere(env):
+    """Under manual transactions, a connection closed inside the outermost atomic() stays
+    marked in_atomic_block after the block (Django resets it when it connects again). A lock
+    on another database, taken and released after, is outside any transaction: its run counts."""
+    code, out, err = run_python(
+        [
+            "-c",
+            "import django; django.setup()\n"
+            "from django.db import connections, transaction\n"
+            "from marathon import LastRun, Marathon\n"
+            "transaction.set_autocommit(False)\n"
+            "with transaction.atomic():\n"
+            "    connections['default'].close()\n"
+            "assert connections['default'].in_atomic_block\n"
+            "with Marathon('after-a-close', using='locks', min_interval=3600):\n"
+            "    pass\n"
+            "print(LastRun.objects.using('locks').get(name='after-a-close').outcome)\n",
+        ],
+        env=env,
+    )
+    assert (code, out) == (0, "ok\n"), err
+
+
 # ---- settings python -m marathon cannot use: one line each, status 2 ----
 
 
