@@ -1025,20 +1025,33 @@ def _usable(connection):
 def _callers_transaction(alias):
     """The connection whose transaction a release waits for: the lock's database's if it is in
     atomic(), else the first of this thread's other connections that is (MARATHON_DATABASE may
-    differ from the database the caller writes to). None outside transactions, and in a TestCase."""
+    differ from the database the caller writes to). None outside transactions, and in a TestCase.
+
+    A connection closed inside its block has no transaction left (the server
+    rolled it back): it is returned only if no other connection's block is
+    open, so that a release never goes out before a transaction still open
+    elsewhere has ended.
+    """
+    closed = None
     for connection in [connections[alias]] + [
         connections[other] for other in connections if other != alias
     ]:
-        if connection.in_atomic_block and not _left_in_atomic(connection):
-            return None if _in_testcase(connection) else connection
-    return None
+        if not connection.in_atomic_block or _left_in_atomic(connection):
+            continue
+        if _in_testcase(connection):
+            return None
+        if not connection.closed_in_transaction:
+            return connection
+        closed = closed or connection
+    return closed
 
 
 def _left_in_atomic(connection):
     """Django's state once the outermost atomic() under manual transactions exits after its
-    connection closed inside it: in_atomic_block stays set until the connection opens again,
-    though no block is open (no savepoint left, and no commit on exit: the block was not the
-    transaction). The caller's code runs outside atomic() there."""
+    connection closed inside it: in_atomic_block stays set, though no block is open (no
+    savepoint left, and no commit on exit: the block was not the transaction). Django 5.1+
+    keeps it so for good in that thread (it refuses to connect inside a block); older versions
+    reset it when they connect again. The caller's code runs outside atomic() there."""
     return (
         connection.closed_in_transaction
         and not connection.savepoint_ids

@@ -3,7 +3,8 @@
 "default" is an empty SQLite file (MARATHON_EMPTY_DB) with no tables at all,
 so whatever reaches it fails; "locks" is the test database, so the locks are
 found only through that alias; "unsupported" is Django's dummy backend
-(vendor "unknown"), which marathon refuses.
+(vendor "unknown"), which marathon refuses. "other" is an in-memory SQLite
+database, for a transaction on a database the locks are not on.
 """
 
 import os
@@ -18,4 +19,5 @@ DATABASES = {
     },
     "locks": DATABASES["default"],
     "unsupported": {"ENGINE": "django.db.backends.dummy"},
+    "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
 }

@@ -133,6 +133,43 @@ def test_a_closed_manual_atomic_is_no_transaction_of_a_lock_elsewhere(env):
     assert (code, out) == (0, "ok\n"), err
 
 
+@pytest.mark.parametrize(
+    "close",
+    [
+        "with transaction.atomic():\n"
+        "    connections['default'].close()\n"
+        "    with transaction.atomic(using='other'):\n",
+        "transaction.set_autocommit(False)\n"
+        "with transaction.atomic():\n"
+        "    connections['default'].close()\n"
+        "with transaction.atomic():\n"  # entered again on the closed connection
+        "    with transaction.atomic(using='other'):\n",
+    ],
+    ids=["closed-in-its-block", "manual-entered-again"],
+)
+def test_a_connection_closed_in_its_block_does_not_hide_another_transaction(env, close):
+    """A release waits for the transaction still open on another database ("other"), however
+    a connection closed inside its block ("default") comes first: that one has no transaction
+    left to wait for, the other one has."""
+    code, out, err = run_python(
+        [
+            "-c",
+            "import django; django.setup()\n"
+            "from django.db import connections, transaction\n"
+            "from marathon import Lock, Marathon\n"
+            "def held():\n"
+            "    return Lock.objects.using('locks').filter(name='waits').exists()\n"
+            + close
+            + "        with Marathon('waits', using='locks'):\n"
+            "            pass\n"
+            "        print(held())\n"
+            "print(held())\n",
+        ],
+        env=env,
+    )
+    assert (code, out) == (0, "True\nFalse\n"), err
+
+
 # ---- settings python -m marathon cannot use: one line each, status 2 ----
 
 
