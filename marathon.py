@@ -1027,10 +1027,11 @@ def _callers_transaction(alias):
     atomic(), else the first of this thread's other connections that is (MARATHON_DATABASE may
     differ from the database the caller writes to). None outside transactions, and in a TestCase.
 
-    A connection closed inside its block has no transaction left (the server
-    rolled it back): it is returned only if no other connection's block is
-    open, so that a release never goes out before a transaction still open
-    elsewhere has ended.
+    One transaction only: with blocks open on several databases, the others
+    are not waited for. A connection closed inside its block has no
+    transaction left (the server rolled it back): it is returned only if no
+    other connection's block is open, so that the release waits for that one
+    rather than go out at once (see _closed_in_a_block for the run's outcome).
     """
     closed = None
     for connection in [connections[alias]] + [
@@ -1044,6 +1045,17 @@ def _callers_transaction(alias):
             return connection
         closed = closed or connection
     return closed
+
+
+def _closed_in_a_block():
+    """True if one of this thread's connections was closed inside a block still open: the
+    server rolled that transaction back, and a run whose work it held did not succeed."""
+    return any(
+        connection.in_atomic_block
+        and connection.closed_in_transaction
+        and not _left_in_atomic(connection)
+        for connection in connections.all()
+    )
 
 
 def _left_in_atomic(connection):
@@ -2068,6 +2080,8 @@ class Marathon:
             # rolled back: there is no end left to wait for.
             return self._release_now(hold, "error" if outcome == "ok" else outcome)
         if transaction_ is not None:
+            if outcome == "ok" and _closed_in_a_block():
+                outcome = "error"  # a transaction on another database was rolled back
             hold.deferred = (
                 transaction_,
                 [functools.partial(self._release_logged, hold, outcome)],

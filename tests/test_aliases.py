@@ -150,24 +150,25 @@ def test_a_closed_manual_atomic_is_no_transaction_of_a_lock_elsewhere(env):
 def test_a_connection_closed_in_its_block_does_not_hide_another_transaction(env, close):
     """A release waits for the transaction still open on another database ("other"), however
     a connection closed inside its block ("default") comes first: that one has no transaction
-    left to wait for, the other one has."""
+    left to wait for, the other one has. The run counts as rolled back all the same."""
     code, out, err = run_python(
         [
             "-c",
             "import django; django.setup()\n"
             "from django.db import connections, transaction\n"
-            "from marathon import Lock, Marathon\n"
+            "from marathon import LastRun, Lock, Marathon\n"
             "def held():\n"
             "    return Lock.objects.using('locks').filter(name='waits').exists()\n"
             + close
-            + "        with Marathon('waits', using='locks'):\n"
+            + "        with Marathon('waits', using='locks', min_interval=3600):\n"
             "            pass\n"
             "        print(held())\n"
-            "print(held())\n",
+            "print(held())\n"
+            "print(LastRun.objects.using('locks').get(name='waits').outcome)\n",
         ],
         env=env,
     )
-    assert (code, out) == (0, "True\nFalse\n"), err
+    assert (code, out) == (0, "True\nFalse\nerror\n"), err
 
 
 # ---- settings python -m marathon cannot use: one line each, status 2 ----
