@@ -110,27 +110,35 @@ def test_a_lock_on_an_unsupported_database_raises_before_any_query(env):
     assert (code, out) == (0, UNSUPPORTED + "\n"), err
 
 
+CHILD = (
+    "import django; django.setup()\n"
+    "from django.db import connections, transaction\n"
+    "from marathon import LastRun, Lock, Marathon\n"
+)
+
+
+def run_child(env, body):
+    """Run CHILD + body in a child with the aliases' settings; its stdout (it must exit 0)."""
+    code, out, err = run_python(["-c", CHILD + body], env=env)
+    assert code == 0, err
+    return out
+
+
 def test_a_closed_manual_atomic_is_no_transaction_of_a_lock_elsewhere(env):
     """Under manual transactions, a connection closed inside the outermost atomic() stays
-    marked in_atomic_block after the block (Django resets it when it connects again). A lock
-    on another database, taken and released after, is outside any transaction: its run counts."""
-    code, out, err = run_python(
-        [
-            "-c",
-            "import django; django.setup()\n"
-            "from django.db import connections, transaction\n"
-            "from marathon import LastRun, Marathon\n"
-            "transaction.set_autocommit(False)\n"
-            "with transaction.atomic():\n"
-            "    connections['default'].close()\n"
-            "assert connections['default'].in_atomic_block\n"
-            "with Marathon('after-a-close', using='locks', min_interval=3600):\n"
-            "    pass\n"
-            "print(LastRun.objects.using('locks').get(name='after-a-close').outcome)\n",
-        ],
-        env=env,
+    marked in_atomic_block after the block (for good on Django 5.1+). A lock on another
+    database, taken and released after, is outside any transaction: its run counts."""
+    out = run_child(
+        env,
+        "transaction.set_autocommit(False)\n"
+        "with transaction.atomic():\n"
+        "    connections['default'].close()\n"
+        "assert connections['default'].in_atomic_block\n"
+        "with Marathon('after-a-close', using='locks', min_interval=3600):\n"
+        "    pass\n"
+        "print(LastRun.objects.using('locks').get(name='after-a-close').outcome)\n",
     )
-    assert (code, out) == (0, "ok\n"), err
+    assert out == "ok\n"
 
 
 @pytest.mark.parametrize(
@@ -151,24 +159,18 @@ def test_a_connection_closed_in_its_block_does_not_hide_another_transaction(env,
     """A release waits for the transaction still open on another database ("other"), however
     a connection closed inside its block ("default") comes first: that one has no transaction
     left to wait for, the other one has. The run counts as rolled back all the same."""
-    code, out, err = run_python(
-        [
-            "-c",
-            "import django; django.setup()\n"
-            "from django.db import connections, transaction\n"
-            "from marathon import LastRun, Lock, Marathon\n"
-            "def held():\n"
-            "    return Lock.objects.using('locks').filter(name='waits').exists()\n"
-            + close
-            + "        with Marathon('waits', using='locks', min_interval=3600):\n"
-            "            pass\n"
-            "        print(held())\n"
-            "print(held())\n"
-            "print(LastRun.objects.using('locks').get(name='waits').outcome)\n",
-        ],
-        env=env,
+    out = run_child(
+        env,
+        "def held():\n"
+        "    return Lock.objects.using('locks').filter(name='waits').exists()\n"
+        + close
+        + "        with Marathon('waits', using='locks', min_interval=3600):\n"
+        "            pass\n"
+        "        print(held())\n"
+        "print(held())\n"
+        "print(LastRun.objects.using('locks').get(name='waits').outcome)\n",
     )
-    assert (code, out) == (0, "True\nFalse\nerror\n"), err
+    assert out == "True\nFalse\nerror\n"
 
 
 # ---- settings python -m marathon cannot use: one line each, status 2 ----
