@@ -1034,11 +1034,7 @@ def _callers_transaction(alias):
     rather than go out at once (see _closed_in_a_block for the run's outcome).
     """
     closed = None
-    for connection in [connections[alias]] + [
-        connections[other] for other in connections if other != alias
-    ]:
-        if not connection.in_atomic_block or _left_in_atomic(connection):
-            continue
+    for connection in _in_blocks(alias):
         if _in_testcase(connection):
             return None
         if not connection.closed_in_transaction:
@@ -1047,15 +1043,20 @@ def _callers_transaction(alias):
     return closed
 
 
-def _closed_in_a_block():
+def _closed_in_a_block(alias):
     """True if one of this thread's connections was closed inside a block still open: the
     server rolled that transaction back, and a run whose work it held did not succeed."""
-    return any(
-        connection.in_atomic_block
-        and connection.closed_in_transaction
-        and not _left_in_atomic(connection)
-        for connection in connections.all()
-    )
+    return any(connection.closed_in_transaction for connection in _in_blocks(alias))
+
+
+def _in_blocks(alias):
+    """This thread's connections inside atomic(), alias's first; not one that Django left
+    marked so after a close (see _left_in_atomic)."""
+    for connection in [connections[alias]] + [
+        connections[other] for other in connections if other != alias
+    ]:
+        if connection.in_atomic_block and not _left_in_atomic(connection):
+            yield connection
 
 
 def _left_in_atomic(connection):
@@ -2080,7 +2081,7 @@ class Marathon:
             # rolled back: there is no end left to wait for.
             return self._release_now(hold, "error" if outcome == "ok" else outcome)
         if transaction_ is not None:
-            if outcome == "ok" and _closed_in_a_block():
+            if outcome == "ok" and _closed_in_a_block(hold.alias):
                 outcome = "error"  # a transaction on another database was rolled back
             hold.deferred = (
                 transaction_,
