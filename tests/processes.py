@@ -105,8 +105,9 @@ def run_coroutine(coroutine):
         loop.close()
 
 
-def wait_for(predicate, timeout=DEADLINE, what="condition", process=None):
-    """Poll predicate until true or the deadline; fail with `what` if it never is."""
+def wait_for(predicate, timeout=DEADLINE, what="condition", process=None, every=0.02):
+    """Poll predicate every `every` seconds until true or the deadline; fail with `what` if
+    it never is. A short `every` when the moment it becomes true is measured."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -120,7 +121,7 @@ def wait_for(predicate, timeout=DEADLINE, what="condition", process=None):
             )
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % what)
-        _pause(0.02)
+        _pause(every)
 
 
 def wait_for_file(path, process=None, timeout=DEADLINE):

@@ -261,6 +261,7 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(
     prefix = "MARATHON_PG_" if connection.vendor == "postgresql" else "MARATHON_MYSQL_"
     proxy = FaultProxy(settings_dict["HOST"] or "127.0.0.1", settings_dict["PORT"])
     log = str(tmp_path / "children.jsonl")
+    process = None
     try:
         env = child_env(
             **{prefix + "HOST": "127.0.0.1", prefix + "PORT": str(proxy.port)}
@@ -275,7 +276,10 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(
         )
         proxy.blackhole()
         wait_for(
-            lambda: not _alive(child_pid), STALE_AFTER + 5, "the child to be stopped"
+            lambda: not _alive(child_pid),
+            STALE_AFTER + 5,
+            "the child to be stopped",
+            every=0.001,  # seen dead within a millisecond: the age below is of its death
         )
         age_when_dead = heartbeat_age("cut-off")  # by the database's clock
         assert age_when_dead is not None and age_when_dead < STALE_AFTER, age_when_dead
@@ -284,6 +288,9 @@ def test_an_unreachable_database_stops_the_child_before_a_takeover_is_possible(
         assert "lost the lock 'cut-off'" in err
     finally:
         proxy.close()
+        if process is not None and process.poll() is None:  # no supervisor left behind
+            process.kill()
+            process.communicate()
 
 
 def test_a_command_that_cannot_run_exits_127():
